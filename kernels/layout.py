@@ -1,0 +1,90 @@
+"""Binary layout shared by every evaluator: Python, Triton (this package) and C++ (``csrc/include/lrsched/layout.h``).
+
+This module has no imports on purpose: the optimizers, the reference backend and the kernels all read
+it, and it must be importable where Triton is not installed. ``tests/test_layout.py`` checks that the
+C++ header declares the same numbers.
+
+Schedule tables
+---------------
+A schedule encodes to two row-aligned tensors (one row per phase, phases sorted by start, the first
+starting at clock 0, the last a constant phase of length ``INFINITE_LENGTH`` holding the final value):
+
+* ``ints``   int64   ``[rows, SCHED_INT_COLS]``   = (start, length, span, shape)
+* ``floats`` float64 ``[rows, SCHED_FLOAT_COLS]`` = (v0, v1, a, b, c)
+
+The phase that holds clock ``t`` is the *last* row with ``start <= t`` (zero-length rows are never
+chosen because the next row has the same start). Its progress is ``p = (t - start) / span``.
+
+Group tables
+------------
+``group_sched`` int64 ``[groups, GROUP_SCHED_COLS]`` = (first row, row count, clock index) locates each
+param group's schedule inside the concatenated schedule tables; ``group_hparams`` float64
+``[groups, HP_COLS]`` holds its hyperparameters in the column order below.
+"""
+
+# --- schedule table columns -------------------------------------------------------------------------
+SCHED_START, SCHED_LENGTH, SCHED_SPAN, SCHED_SHAPE = 0, 1, 2, 3
+SCHED_INT_COLS = 4
+SCHED_V0, SCHED_V1, SCHED_A, SCHED_B, SCHED_C = 0, 1, 2, 3, 4
+SCHED_FLOAT_COLS = 5
+
+#: Length of the terminal constant phase: "forever" for an int64 clock (2**62 leaves headroom so that
+#: ``start + length`` never overflows).
+INFINITE_LENGTH = 2**62
+
+# --- phase shapes ------------------------------------------------------------------------------------
+# value(p) for p in [0, 1), v0 = start value, v1 = end value, w(p) the shape's progress weight:
+#   value = v0 + (v1 - v0) * w(p)          (exact at p = 0 because w(0) == 0)
+SHAPE_CONSTANT = 0  # v0
+SHAPE_LINEAR = 1  # w = p
+SHAPE_COSINE = 2  # w = (1 - cos(pi p)) / 2
+SHAPE_ONE_SQRT = 3  # w = sqrt(p)                                   (Haegele et al. "1-sqrt" cooldown)
+SHAPE_SQUARE = 4  # w = p^2                                         (Haegele et al. "square" cooldown)
+SHAPE_EXP = 5  # value = v0 * (v1 / v0)^p                           (geometric; v0, v1 > 0)
+SHAPE_REX = 6  # w = p (1 - a) / (1 - a p),  a = beta in [0, 1)     (REX, Chen et al. 2022)
+SHAPE_POLY = 7  # w = 1 - (1 - p)^a,  a = power > 0
+SHAPE_INV_SQRT = 8  # w = g(p) / g(1),  g(p) = 1/sqrt(1 + a p) - 1,  a = timescale > 0  (Ibrahim et al.)
+SHAPE_POWER = 9  # value = min(c, a * t^b), t the absolute clock     (power scheduler, Shen et al. 2024)
+NUM_SHAPES = 10
+
+SHAPE_NAMES = {
+    SHAPE_CONSTANT: "constant",
+    SHAPE_LINEAR: "linear",
+    SHAPE_COSINE: "cosine",
+    SHAPE_ONE_SQRT: "1-sqrt",
+    SHAPE_SQUARE: "square",
+    SHAPE_EXP: "exp",
+    SHAPE_REX: "rex",
+    SHAPE_POLY: "poly",
+    SHAPE_INV_SQRT: "inv-sqrt",
+    SHAPE_POWER: "power",
+}
+SHAPE_CODES = {name: code for code, name in SHAPE_NAMES.items()}
+
+# --- clocks ------------------------------------------------------------------------------------------
+CLOCK_STEPS, CLOCK_TOKENS = 0, 1
+NUM_CLOCKS = 2
+CLOCK_NAMES = {CLOCK_STEPS: "steps", CLOCK_TOKENS: "tokens"}
+
+# --- group tables ------------------------------------------------------------------------------------
+GS_FIRST_ROW, GS_ROWS, GS_CLOCK = 0, 1, 2
+GROUP_SCHED_COLS = 3
+
+# Hyperparameter columns (float64). AdamW uses the first block; LAMB uses all of it.
+HP_LR_SCALE = 0  # multiplies the schedule's value
+HP_BETA1 = 1
+HP_BETA2 = 2
+HP_EPS = 3
+HP_WEIGHT_DECAY = 4
+HP_MAXIMIZE = 5  # 1.0: ascend (AdamW only)
+HP_BIAS_CORRECTION = 6  # 1.0: divide moments by (1 - beta^t) (LAMB option; AdamW always 1.0)
+HP_GRAD_AVERAGING = 7  # 1.0: m = b1 m + (1 - b1) g;  0.0: m = b1 m + g   (LAMB)
+HP_ADAPT = 8  # 1.0: apply the trust ratio to this group (LAMB)
+HP_TRUST_MIN = 9  # lower clamp of the trust ratio (0 = none)
+HP_TRUST_MAX = 10  # upper clamp of the trust ratio (inf = none)
+HP_DECOUPLED = 11  # 1.0: p *= 1 - lr*wd before the update, decay kept out of the ratio (LAMB)
+HP_COLS = 12
+
+# Per-tensor LAMB telemetry columns (float32 [tensors, NORM_COLS]).
+NORM_PARAM, NORM_UPDATE, NORM_RATIO = 0, 1, 2
+NORM_COLS = 3

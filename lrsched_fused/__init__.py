@@ -1,0 +1,10 @@
+"""lrsched-fused: fused AdamW and LAMB for PyTorch with the learning-rate schedule evaluated in the kernel.
+
+>>> from lrsched_fused import FusedAdamW, FusedLAMB, param_groups, schedules as S
+"""
+
+from . import schedules
+from ._version import __version__
+from .optim import FusedAdamW, FusedLAMB, default_no_decay, param_groups
+
+__all__ = ["FusedAdamW", "FusedLAMB", "param_groups", "default_no_decay", "schedules", "__version__"]

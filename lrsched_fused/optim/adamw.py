@@ -1,0 +1,101 @@
+"""FusedAdamW: ``torch.optim.AdamW`` semantics, one fused launch per step, lr from an in-kernel schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+from lrsched_fused.backends import StepContext
+from lrsched_fused.kernels import layout as L
+from lrsched_fused.schedules import Schedule
+
+from ._base import FusedOptimizer
+from ._plan import Plan
+from ._validate import check_betas, check_bool, check_eps, check_weight_decay
+
+__all__ = ["FusedAdamW"]
+
+
+class FusedAdamW(FusedOptimizer):
+    r"""AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv 1711.05101) with exactly
+    ``torch.optim.AdamW``'s update, for every parameter in a constant number of kernel launches.
+
+    .. math::
+        \theta \leftarrow \theta (1 - \eta_t\lambda);\quad
+        m \leftarrow \beta_1 m + (1-\beta_1) g;\quad v \leftarrow \beta_2 v + (1-\beta_2) g^2;\\
+        \theta \leftarrow \theta - \frac{\eta_t}{1-\beta_1^t}\,\frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    with ``t`` the parameter's 1-based update count and ``eta_t = lr_scale * lr(clock)``: ``lr`` is a float
+    (followed at every step, so torch schedulers work) or a schedule from :mod:`lrsched_fused.schedules`
+    evaluated on the device from the optimizer's clock (first update: clock 0).
+
+    Args:
+        params: iterable of parameters or param groups (groups may set every argument below except
+            ``backend``, plus ``lr_scale``).
+        lr: float ``>= 0`` or a :class:`~lrsched_fused.schedules.Schedule`. Default 1e-3.
+        betas: ``(beta1, beta2)``, each in [0, 1). Default (0.9, 0.999).
+        eps: added to the denominator, ``> 0``. Default 1e-8.
+        weight_decay: decoupled decay ``lambda >= 0``. Default 1e-2.
+        amsgrad: use the running maximum of ``v`` (torch's AMSGrad). Default False.
+        maximize: ascend the objective. Default False.
+        backend: ``"auto"``, ``"triton"``, ``"cpu"``, ``"cuda"`` or ``"reference"``.
+        skip_nonfinite: skip the update (and the clock) when any gradient holds inf/NaN, decided on the
+            device. Default False (as torch: a GradScaler does this when you use one).
+        master_weights: keep fp32 master copies of bf16/fp16 parameters (``state["master_param"]``).
+        state_dtype: ``None`` (fp32 moments for bf16/fp16 params, the param dtype otherwise), ``"param"``
+            (torch's layout: moments in the param dtype), ``torch.float32`` or ``torch.bfloat16``.
+        foreach, fused, capturable: accepted for drop-in compatibility and ignored (this optimizer is
+            always fused and capturable). ``differentiable=True`` is not supported.
+
+    State per parameter (torch's layout for fp32/fp64 params): ``step`` (0-d float32 on the
+    parameter's device), ``exp_avg``, ``exp_avg_sq`` and, with amsgrad, ``max_exp_avg_sq``.
+    """
+
+    def __init__(self, params: Iterable, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 backend: str = "auto", skip_nonfinite: bool = False, master_weights: bool = False,
+                 state_dtype: Any = None, foreach: bool | None = None, fused: bool | None = None,
+                 capturable: bool | None = None, differentiable: bool = False) -> None:
+        if differentiable:
+            raise ValueError("differentiable=True is not supported by FusedAdamW (use torch.optim.AdamW)")
+        for name, flag in (("foreach", foreach), ("fused", fused), ("capturable", capturable)):
+            if flag is not None and not isinstance(flag, bool):
+                raise ValueError(f"{name} must be None or a bool; got {flag!r}")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite,
+                         master_weights=master_weights, state_dtype=state_dtype)
+
+    def _check_group(self, group: dict) -> None:
+        group["betas"] = check_betas(group["betas"])
+        group["eps"] = check_eps(group["eps"])
+        group["weight_decay"] = check_weight_decay(group["weight_decay"])
+        group["amsgrad"] = check_bool(group["amsgrad"], "amsgrad")
+        group["maximize"] = check_bool(group["maximize"], "maximize")
+
+    def _hp_row(self, group: dict) -> list[float]:
+        row = [0.0] * L.HP_COLS
+        row[L.HP_BETA1], row[L.HP_BETA2] = group["betas"]
+        row[L.HP_EPS] = group["eps"]
+        row[L.HP_WEIGHT_DECAY] = group["weight_decay"]
+        row[L.HP_MAXIMIZE] = 1.0 if group["maximize"] else 0.0
+        row[L.HP_BIAS_CORRECTION] = row[L.HP_GRAD_AVERAGING] = row[L.HP_ADAPT] = 1.0
+        row[L.HP_TRUST_MAX] = math.inf
+        return row
+
+    def _bucket_flags(self, group: dict) -> tuple:
+        return (group["amsgrad"],)
+
+    def _wants_max(self, bucket_key: tuple) -> bool:
+        return bool(bucket_key[3])
+
+    def _init_extra_state(self, p: torch.Tensor, state: dict, group: dict, state_dtype: torch.dtype) -> None:
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+        elif "max_exp_avg_sq" in state and state["max_exp_avg_sq"].dtype != state_dtype:
+            state["max_exp_avg_sq"] = state["max_exp_avg_sq"].to(dtype=state_dtype)
+
+    def _update(self, plan: Plan, ctx: StepContext) -> None:
+        for bucket in plan.buckets:
+            bucket.backend.adamw(bucket.batch, ctx, amsgrad=self._wants_max(bucket.key))
