@@ -1,0 +1,174 @@
+// Python bindings of the CPU backend (module lrsched_fused._cpu): plain pybind11 over raw addresses, no
+// torch headers. lrsched_fused/backends/cpu.py passes tensor data pointers (tensor.data_ptr()) and keeps
+// the tensors alive; every entry point releases the GIL while the kernels run.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <lrsched/layout.h>
+
+#include "api.h"
+
+namespace py = pybind11;
+using namespace lrsched;
+using namespace lrsched::cpu;
+
+namespace {
+
+template <class T>
+T* ptr(int64_t address) {
+  return reinterpret_cast<T*>(static_cast<intptr_t>(address));
+}
+
+/// ``table``: address of an int64 [7, n] array whose rows are the data pointers of params, grads, exp_avgs,
+/// exp_avg_sqs, max_exp_avg_sqs (or 0), master params (or 0), and the numels.
+TensorTable tensor_table(int64_t table, int64_t n, int pdtype, int sdtype, bool has_max, bool has_master) {
+  if (!supported(pdtype, sdtype, has_master))
+    throw py::value_error("lrsched_fused._cpu: unsupported (param dtype, state dtype, master) combination");
+  const int64_t* rows = ptr<const int64_t>(table);
+  TensorTable tt;
+  tt.n = n;
+  tt.pdtype = pdtype;
+  tt.sdtype = sdtype;
+  tt.param = reinterpret_cast<void* const*>(rows + 0 * n);
+  tt.grad = reinterpret_cast<const void* const*>(rows + 1 * n);
+  tt.exp_avg = reinterpret_cast<void* const*>(rows + 2 * n);
+  tt.exp_avg_sq = reinterpret_cast<void* const*>(rows + 3 * n);
+  tt.max_exp_avg_sq = has_max ? reinterpret_cast<void* const*>(rows + 4 * n) : nullptr;
+  tt.master = has_master ? reinterpret_cast<float* const*>(rows + 5 * n) : nullptr;
+  tt.numel = rows + 6 * n;
+  return tt;
+}
+
+/// ``ctx``: addresses (sched_ints, sched_floats, group_sched, hparams, groups (a count), clock, group_index,
+/// steps, found_inf or 0, grad_scale or 0).
+StepTables step_tables(const std::array<int64_t, 10>& c) {
+  StepTables st;
+  st.sched_ints = ptr<const int64_t>(c[0]);
+  st.sched_floats = ptr<const double>(c[1]);
+  st.group_sched = ptr<const int64_t>(c[2]);
+  st.hparams = ptr<const double>(c[3]);
+  st.groups = c[4];
+  st.clock = ptr<const int64_t>(c[5]);
+  st.group_index = ptr<const int64_t>(c[6]);
+  st.steps = ptr<const float>(c[7]);
+  st.found_inf = ptr<const float>(c[8]);
+  st.grad_scale = ptr<const float>(c[9]);
+  return st;
+}
+
+py::dict layout_constants() {
+  namespace L = lrsched::layout;
+  py::dict d;
+#define LRS_EXPORT(name) d[#name] = L::name
+  LRS_EXPORT(SCHED_START); LRS_EXPORT(SCHED_LENGTH); LRS_EXPORT(SCHED_SPAN); LRS_EXPORT(SCHED_SHAPE);
+  LRS_EXPORT(SCHED_INT_COLS); LRS_EXPORT(SCHED_V0); LRS_EXPORT(SCHED_V1); LRS_EXPORT(SCHED_A);
+  LRS_EXPORT(SCHED_B); LRS_EXPORT(SCHED_C); LRS_EXPORT(SCHED_FLOAT_COLS); LRS_EXPORT(INFINITE_LENGTH);
+  LRS_EXPORT(SHAPE_CONSTANT); LRS_EXPORT(SHAPE_LINEAR); LRS_EXPORT(SHAPE_COSINE); LRS_EXPORT(SHAPE_ONE_SQRT);
+  LRS_EXPORT(SHAPE_SQUARE); LRS_EXPORT(SHAPE_EXP); LRS_EXPORT(SHAPE_REX); LRS_EXPORT(SHAPE_POLY);
+  LRS_EXPORT(SHAPE_INV_SQRT); LRS_EXPORT(SHAPE_POWER); LRS_EXPORT(NUM_SHAPES);
+  LRS_EXPORT(CLOCK_STEPS); LRS_EXPORT(CLOCK_TOKENS); LRS_EXPORT(NUM_CLOCKS);
+  LRS_EXPORT(GS_FIRST_ROW); LRS_EXPORT(GS_ROWS); LRS_EXPORT(GS_CLOCK); LRS_EXPORT(GROUP_SCHED_COLS);
+  LRS_EXPORT(HP_LR_SCALE); LRS_EXPORT(HP_BETA1); LRS_EXPORT(HP_BETA2); LRS_EXPORT(HP_EPS);
+  LRS_EXPORT(HP_WEIGHT_DECAY); LRS_EXPORT(HP_MAXIMIZE); LRS_EXPORT(HP_BIAS_CORRECTION);
+  LRS_EXPORT(HP_GRAD_AVERAGING); LRS_EXPORT(HP_ADAPT); LRS_EXPORT(HP_TRUST_MIN); LRS_EXPORT(HP_TRUST_MAX);
+  LRS_EXPORT(HP_DECOUPLED); LRS_EXPORT(HP_COLS);
+  LRS_EXPORT(NORM_PARAM); LRS_EXPORT(NORM_UPDATE); LRS_EXPORT(NORM_RATIO); LRS_EXPORT(NORM_COLS);
+#undef LRS_EXPORT
+  return d;
+}
+
+std::vector<std::string> isas() {
+  const char* names[8];
+  const int k = available_isas(names, 8);
+  return std::vector<std::string>(names, names + k);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+  m.doc() = "lrsched_fused CPU kernels (C++17, OpenMP); use through lrsched_fused.backends.cpu";
+
+  m.def("supported", &supported, py::arg("pdtype"), py::arg("sdtype"), py::arg("master"));
+  m.def(
+      "adamw",
+      [](int64_t table, int64_t n, int pd, int sd, bool has_max, bool has_master, const std::array<int64_t, 10>& ctx,
+         bool amsgrad, int threads) {
+        const TensorTable tt = tensor_table(table, n, pd, sd, has_max, has_master);
+        const StepTables st = step_tables(ctx);
+        py::gil_scoped_release nogil;
+        adamw(tt, st, amsgrad, threads);
+      },
+      py::arg("table"), py::arg("n"), py::arg("pdtype"), py::arg("sdtype"), py::arg("has_max"),
+      py::arg("has_master"), py::arg("ctx"), py::arg("amsgrad"), py::arg("threads"));
+  m.def(
+      "lamb",
+      [](int64_t table, int64_t n, int pd, int sd, bool has_master, const std::array<int64_t, 10>& ctx,
+         int64_t clip_div, int64_t norms_out, int64_t scratch, int64_t scratch_elems, int threads) {
+        const TensorTable tt = tensor_table(table, n, pd, sd, false, has_master);
+        const StepTables st = step_tables(ctx);
+        py::gil_scoped_release nogil;
+        lamb(tt, st, ptr<const float>(clip_div), ptr<float>(norms_out), ptr<void>(scratch), scratch_elems, threads);
+      },
+      py::arg("table"), py::arg("n"), py::arg("pdtype"), py::arg("sdtype"), py::arg("has_master"), py::arg("ctx"),
+      py::arg("clip_div"), py::arg("norms_out"), py::arg("scratch"), py::arg("scratch_elems"), py::arg("threads"));
+  m.def(
+      "lamb_stage1",
+      [](int64_t table, int64_t n, int pd, int sd, bool has_master, const std::array<int64_t, 10>& ctx,
+         int64_t clip_div, int64_t sums, int threads) {
+        const TensorTable tt = tensor_table(table, n, pd, sd, false, has_master);
+        const StepTables st = step_tables(ctx);
+        py::gil_scoped_release nogil;
+        lamb_stage1(tt, st, ptr<const float>(clip_div), ptr<float>(sums), threads);
+      },
+      py::arg("table"), py::arg("n"), py::arg("pdtype"), py::arg("sdtype"), py::arg("has_master"), py::arg("ctx"),
+      py::arg("clip_div"), py::arg("sums"), py::arg("threads"));
+  m.def(
+      "lamb_stage2",
+      [](int64_t table, int64_t n, int pd, int sd, bool has_master, const std::array<int64_t, 10>& ctx,
+         int64_t clip_div, int64_t sums, int64_t norms_out, int threads) {
+        const TensorTable tt = tensor_table(table, n, pd, sd, false, has_master);
+        const StepTables st = step_tables(ctx);
+        py::gil_scoped_release nogil;
+        lamb_stage2(tt, st, ptr<const float>(clip_div), ptr<const float>(sums), ptr<float>(norms_out), threads);
+      },
+      py::arg("table"), py::arg("n"), py::arg("pdtype"), py::arg("sdtype"), py::arg("has_master"), py::arg("ctx"),
+      py::arg("clip_div"), py::arg("sums"), py::arg("norms_out"), py::arg("threads"));
+  m.def(
+      "grad_sumsq",
+      [](int64_t table, int64_t n, int pd, int64_t grad_scale, int64_t out, int threads) {
+        const TensorTable tt = tensor_table(table, n, pd, pd == kF64 ? kF64 : kF32, false, false);
+        py::gil_scoped_release nogil;
+        grad_sumsq(tt, ptr<const float>(grad_scale), ptr<float>(out), threads);
+      },
+      py::arg("table"), py::arg("n"), py::arg("pdtype"), py::arg("grad_scale"), py::arg("out"), py::arg("threads"));
+  m.def(
+      "advance",
+      [](const std::array<int64_t, 10>& ctx, int64_t steps, int64_t nsteps, int64_t lr_out, int64_t tokens) {
+        const StepTables st = step_tables(ctx);
+        advance(st, ptr<float>(steps), nsteps, ptr<float>(lr_out), ptr<int64_t>(ctx[5]), ptr<const int64_t>(tokens));
+      },
+      py::arg("ctx"), py::arg("steps"), py::arg("nsteps"), py::arg("lr_out"), py::arg("tokens"));
+  m.def(
+      "evaluate_schedule",
+      [](int64_t ints, int64_t floats, int64_t first, int64_t rows, int64_t t, int64_t count, int64_t out) {
+        py::gil_scoped_release nogil;
+        evaluate_schedule(ptr<const int64_t>(ints), ptr<const double>(floats), first, rows, ptr<const int64_t>(t),
+                          count, ptr<float>(out));
+      },
+      py::arg("ints"), py::arg("floats"), py::arg("first"), py::arg("rows"), py::arg("t"), py::arg("count"),
+      py::arg("out"));
+  m.def("layout", &layout_constants, "The binary layout constants compiled into the kernels (csrc/include/lrsched/layout.h)");
+  m.def("available_isas", &isas, "Kernel builds usable on this CPU, best last");
+  m.def("isa", []() { return std::string(current_isa()); }, "The kernel build in use");
+  m.def("set_isa", [](const std::string& name) { return set_isa(name.c_str()); }, py::arg("name"),
+        "Select a kernel build by name (returns False if unavailable here)");
+  m.attr("CHUNK_ELEMS") = kChunkElems;
+  m.attr("LAMB_HOT_ELEMS") = kLambHotElems;
+  m.attr("DTYPE_CODES") = py::dict(py::arg("float32") = int(kF32), py::arg("float64") = int(kF64),
+                                   py::arg("bfloat16") = int(kBF16), py::arg("float16") = int(kF16));
+}

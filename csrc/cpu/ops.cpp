@@ -1,0 +1,274 @@
+// The scalar driver of the CPU backend (compiled with baseline flags): evaluates the schedules and the
+// per-tensor coefficients in double (once per (group, step) pair), lays out the work, and calls the kernels
+// of the selected instruction set. All scalar math happens here, in one translation unit, so every ISA's
+// kernels receive bit-identical coefficients.
+#include <cstdint>
+#include <cstdlib>
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include <lrsched/adamw.h>
+#include <lrsched/lamb.h>
+#include <lrsched/layout.h>
+#include <lrsched/schedule.h>
+
+#include "api.h"
+#include "work.h"
+
+namespace lrsched {
+namespace cpu {
+
+namespace {
+
+// --- instruction-set selection ---------------------------------------------------------------------------
+struct IsaEntry {
+  const IsaKernels* kernels;
+  bool (*usable)();
+};
+
+bool always() { return true; }
+#if defined(LRS_HAVE_AVX2)
+bool has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+         __builtin_cpu_supports("bmi2");
+}
+#endif
+#if defined(LRS_HAVE_AVX512)
+bool has_avx512() {
+#if defined(LRS_HAVE_AVX2)
+  if (!has_avx2()) return false;
+#endif
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512cd");
+}
+#endif
+
+const IsaEntry kIsas[] = {
+    {&kKernelsBaseline, &always},
+#if defined(LRS_HAVE_AVX2)
+    {&kKernelsAvx2, &has_avx2},
+#endif
+#if defined(LRS_HAVE_AVX512)
+    {&kKernelsAvx512, &has_avx512},
+#endif
+};
+constexpr int kNumIsas = sizeof(kIsas) / sizeof(kIsas[0]);
+
+const IsaKernels* best_isa() {
+  const IsaKernels* best = &kKernelsBaseline;
+  for (const IsaEntry& e : kIsas)
+    if (e.usable()) best = e.kernels;
+  // LRSCHED_CPU_ISA=baseline|avx2|avx512 caps the choice (for testing and for reproducing another machine)
+  if (const char* want = std::getenv("LRSCHED_CPU_ISA")) {
+    for (const IsaEntry& e : kIsas)
+      if (std::strcmp(want, e.kernels->name) == 0 && e.usable()) best = e.kernels;
+  }
+  return best;
+}
+
+const IsaKernels* g_kernels = best_isa();
+
+// --- work layout -----------------------------------------------------------------------------------------
+struct Offsets {
+  std::vector<int64_t> elem, chunk;
+  explicit Offsets(const TensorTable& tt) : elem(tt.n + 1), chunk(tt.n + 1) {
+    elem[0] = chunk[0] = 0;
+    for (int64_t i = 0; i < tt.n; ++i) {
+      elem[i + 1] = elem[i] + tt.numel[i];
+      chunk[i + 1] = chunk[i] + (tt.numel[i] + kChunkElems - 1) / kChunkElems;
+    }
+  }
+  // Chunks are the unit of parallel work, so more threads than chunks only add fork/join cost (which is
+  // large on an oversubscribed machine). Results do not depend on the thread count.
+  Work work(const TensorTable& tt, int threads) const {
+    const int64_t chunks = chunk[tt.n];
+    int64_t t = threads < 1 ? 1 : threads;
+    if (t > chunks) t = chunks < 1 ? 1 : chunks;
+    return Work{&tt, elem.data(), chunk.data(), static_cast<int>(t)};
+  }
+};
+
+bool skipped(const StepTables& st) { return st.found_inf != nullptr && *st.found_inf != 0.0f; }
+
+std::vector<double> group_lrs(const StepTables& st) {
+  std::vector<double> lr(st.groups);
+  for (int64_t g = 0; g < st.groups; ++g)
+    lr[g] = group_lr(st.sched_ints, st.sched_floats, st.group_sched, st.hparams, st.clock, g);
+  return lr;
+}
+
+/// Per-tensor coefficients, computed once per run of tensors sharing (group, step).
+template <class C, class Make>
+std::vector<C> per_tensor(const TensorTable& tt, const StepTables& st, Make make) {
+  std::vector<C> out(tt.n);
+  int64_t last_g = -1;
+  float last_step = -1.0f;
+  for (int64_t i = 0; i < tt.n; ++i) {
+    const int64_t g = st.group_index[i];
+    const float step = st.steps[i];
+    if (i > 0 && g == last_g && step == last_step) {
+      out[i] = out[i - 1];
+    } else {
+      out[i] = make(g, static_cast<double>(step));
+      last_g = g;
+      last_step = step;
+    }
+  }
+  return out;
+}
+
+double inv_scale(const float* grad_scale, const float* clip_div) {
+  double s = 1.0;
+  if (grad_scale) s *= static_cast<double>(*grad_scale);
+  if (clip_div) s *= static_cast<double>(*clip_div);
+  return 1.0 / s;
+}
+
+template <class T>
+void adamw_t(const TensorTable& tt, const StepTables& st, bool amsgrad, int threads) {
+  const std::vector<double> lr = group_lrs(st);
+  const double inv = inv_scale(st.grad_scale, nullptr);
+  const auto coeffs = per_tensor<AdamWCoeffs<T>>(tt, st, [&](int64_t g, double step) {
+    return adamw_coeffs<T>(lr[g], st.hparams + g * layout::HP_COLS, step, inv);
+  });
+  const Offsets off(tt);
+  g_kernels->adamw(off.work(tt, threads), coeffs.data(), amsgrad);
+}
+
+/// kLambHotElems, or LRSCHED_CPU_LAMB_HOT (read once; for tuning experiments only).
+int64_t lamb_hot_elems() {
+  static const int64_t hot = [] {
+    const char* env = std::getenv("LRSCHED_CPU_LAMB_HOT");
+    return env ? static_cast<int64_t>(std::atoll(env)) : kLambHotElems;
+  }();
+  return hot;
+}
+
+template <class T>
+void lamb_t(const TensorTable& tt, const StepTables& st, const float* clip_div, int phase, float* sums,
+            float* norms_out, void* scratch, int64_t scratch_elems, int threads) {
+  const std::vector<double> lr = group_lrs(st);
+  const double inv = inv_scale(st.grad_scale, clip_div);
+  const auto coeffs = per_tensor<LambCoeffs<T>>(tt, st, [&](int64_t g, double step) {
+    return lamb_coeffs<T>(lr[g], st.hparams + g * layout::HP_COLS, step, inv);
+  });
+  std::vector<LambTensorInfo> info(tt.n);
+  for (int64_t i = 0; i < tt.n; ++i) {
+    const double* hp = st.hparams + st.group_index[i] * layout::HP_COLS;
+    info[i] = LambTensorInfo{lr[st.group_index[i]], hp[layout::HP_TRUST_MIN], hp[layout::HP_TRUST_MAX],
+                             hp[layout::HP_ADAPT] != 0.0 ? 1 : 0};
+  }
+  const Offsets off(tt);
+  std::vector<double> partials(2 * off.chunk[tt.n] + 2);
+  // large tensors (more than a quarter of a thread's share) are updated by all threads together, the
+  // others one tensor per thread, largest first (scheduling only: the bits do not depend on it)
+  std::vector<int64_t> coop, rest;
+  if (phase == kLambFused) {
+    const int64_t nthreads = threads < 1 ? 1 : threads;
+    const int64_t large = off.elem[tt.n] / (4 * nthreads);
+    for (int64_t i = 0; i < tt.n; ++i) (tt.numel[i] > large && nthreads > 1 ? coop : rest).push_back(i);
+    std::stable_sort(rest.begin(), rest.end(), [&](int64_t x, int64_t y) { return tt.numel[x] > tt.numel[y]; });
+  }
+  LambArgs a{};
+  a.coeffs = coeffs.data();
+  a.info = info.data();
+  a.skip = skipped(st);
+  a.phase = phase;
+  a.coop = coop.data();
+  a.ncoop = static_cast<int64_t>(coop.size());
+  a.rest = rest.data();
+  a.nrest = static_cast<int64_t>(rest.size());
+  a.scratch = scratch;
+  a.scratch_elems = scratch ? scratch_elems : 0;
+  a.hot_elems = lamb_hot_elems();
+  a.partials = partials.data();
+  a.sums = sums;
+  a.norms_out = norms_out;
+  g_kernels->lamb(off.work(tt, threads), a);
+}
+
+}  // namespace
+
+bool supported(int pd, int sd, bool master) {
+  const bool low = pd == kBF16 || pd == kF16;
+  if (master && !low) return false;
+  return (pd == kF32 && (sd == kF32 || sd == kBF16)) || (pd == kF64 && sd == kF64) ||
+         (pd == kBF16 && (sd == kF32 || sd == kBF16)) || (pd == kF16 && (sd == kF32 || sd == kF16));
+}
+
+void adamw(const TensorTable& tt, const StepTables& st, bool amsgrad, int threads) {
+  if (skipped(st) || tt.n == 0) return;
+  if (tt.pdtype == kF64) adamw_t<double>(tt, st, amsgrad, threads);
+  else adamw_t<float>(tt, st, amsgrad, threads);
+}
+
+void lamb(const TensorTable& tt, const StepTables& st, const float* clip_div, float* norms_out, void* scratch,
+          int64_t scratch_elems, int threads) {
+  if (tt.n == 0) return;
+  if (tt.pdtype == kF64) lamb_t<double>(tt, st, clip_div, kLambFused, nullptr, norms_out, scratch, scratch_elems, threads);
+  else lamb_t<float>(tt, st, clip_div, kLambFused, nullptr, norms_out, scratch, scratch_elems, threads);
+}
+
+void lamb_stage1(const TensorTable& tt, const StepTables& st, const float* clip_div, float* sums, int threads) {
+  if (tt.n == 0) return;
+  if (tt.pdtype == kF64) lamb_t<double>(tt, st, clip_div, kLambStage1, sums, nullptr, nullptr, 0, threads);
+  else lamb_t<float>(tt, st, clip_div, kLambStage1, sums, nullptr, nullptr, 0, threads);
+}
+
+void lamb_stage2(const TensorTable& tt, const StepTables& st, const float* clip_div, const float* sums,
+                 float* norms_out, int threads) {
+  if (tt.n == 0) return;
+  float* s = const_cast<float*>(sums);  // read only in stage 2
+  if (tt.pdtype == kF64) lamb_t<double>(tt, st, clip_div, kLambStage2, s, norms_out, nullptr, 0, threads);
+  else lamb_t<float>(tt, st, clip_div, kLambStage2, s, norms_out, nullptr, 0, threads);
+}
+
+void grad_sumsq(const TensorTable& tt, const float* grad_scale, float* out, int threads) {
+  const Offsets off(tt);
+  std::vector<double> partials(off.chunk[tt.n] + 1);
+  if (tt.n > 0) g_kernels->sumsq(off.work(tt, threads), partials.data());
+  double total = 0.0;
+  for (int64_t k = 0; k < off.chunk[tt.n]; ++k) total += partials[k];
+  const double inv = inv_scale(grad_scale, nullptr);
+  *out = static_cast<float>(total * (inv * inv));
+}
+
+void advance(const StepTables& st, float* steps, int64_t nsteps, float* lr_out, int64_t* clock,
+             const int64_t* tokens) {
+  for (int64_t g = 0; g < st.groups; ++g)
+    lr_out[g] = static_cast<float>(group_lr(st.sched_ints, st.sched_floats, st.group_sched, st.hparams, clock, g));
+  if (skipped(st)) return;
+  for (int64_t i = 0; i < nsteps; ++i) steps[i] += 1.0f;
+  clock[layout::CLOCK_STEPS] += 1;
+  if (tokens) clock[layout::CLOCK_TOKENS] += *tokens;
+}
+
+void evaluate_schedule(const int64_t* ints, const double* floats, int64_t first, int64_t rows, const int64_t* t,
+                       int64_t count, float* out) {
+  for (int64_t j = 0; j < count; ++j) out[j] = static_cast<float>(schedule_value(ints, floats, first, rows, t[j]));
+}
+
+int available_isas(const char** names, int capacity) {
+  int k = 0;
+  for (const IsaEntry& e : kIsas)
+    if (e.usable() && k < capacity) names[k++] = e.kernels->name;
+  return k;
+}
+
+const char* current_isa() { return g_kernels->name; }
+
+bool set_isa(const char* name) {
+  for (const IsaEntry& e : kIsas) {
+    if (std::strcmp(name, e.kernels->name) == 0 && e.usable()) {
+      g_kernels = e.kernels;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace cpu
+}  // namespace lrsched

@@ -1,0 +1,102 @@
+// Internal interface between the scalar driver (ops.cpp, baseline ISA) and the per-ISA kernels
+// (kernels_impl.h compiled once per instruction set). Plain data only.
+#pragma once
+
+#include <cstdint>
+
+#include "api.h"
+
+namespace lrsched {
+namespace cpu {
+
+/// How work is cut: fixed chunks of kChunkElems elements per tensor (independent of the thread count),
+/// numbered globally: chunk k of the bucket belongs to tensor i with chunk_off[i] <= k < chunk_off[i+1].
+struct Work {
+  const TensorTable* tt;
+  const int64_t* elem_off;   // [n + 1] prefix sums of numel
+  const int64_t* chunk_off;  // [n + 1] prefix sums of chunk counts
+  int threads;
+};
+
+/// Per-tensor LAMB data for the ratio (double, computed by the driver).
+struct LambTensorInfo {
+  double lr;
+  double trust_min;
+  double trust_max;
+  int adapt;
+};
+
+enum LambPhase : int {
+  kLambFused = 0,   // stage 1, per-tensor reduction, stage 2 right after each tensor's stage 1 (cache-hot)
+  kLambStage1 = 1,  // sharded: per-tensor float32 sums only (writes nothing else)
+  kLambStage2 = 2,  // sharded: from given sums, telemetry, moments and update
+};
+
+struct LambArgs {
+  const void* coeffs;             // LambCoeffs<T>[n]
+  const LambTensorInfo* info;     // [n]
+  bool skip;                      // found_inf: telemetry only
+  int phase;                      // LambPhase
+  const int64_t* coop;            // kLambFused: large tensors, each updated by all threads together
+  int64_t ncoop;
+  const int64_t* rest;            // kLambFused: the others, largest first, one thread per tensor
+  int64_t nrest;
+  void* scratch;                  // scratch_elems elements of T, or null
+  int64_t scratch_elems;
+  int64_t hot_elems;              // keep u in the scratch for tensors of at most this many elements per thread
+  double* partials;               // [chunks, 2]
+  float* sums;                    // [n, 2] out (stage 1) / in (stage 2)
+  float* norms_out;               // [n, 3] (fused, stage 2)
+};
+
+/// The kernels of one instruction set.
+struct IsaKernels {
+  const char* name;
+  void (*adamw)(const Work&, const void* coeffs, bool amsgrad);
+  void (*lamb)(const Work&, const LambArgs&);
+  void (*sumsq)(const Work&, double* partials);
+};
+
+extern const IsaKernels kKernelsBaseline;
+#if defined(LRS_HAVE_AVX2)
+extern const IsaKernels kKernelsAvx2;
+#endif
+#if defined(LRS_HAVE_AVX512)
+extern const IsaKernels kKernelsAvx512;
+#endif
+
+/// First global chunk that starts at or after element ``e`` of the tensor range [tb, te) (e relative to the
+/// whole bucket); chunk_off[te] if e is at or past the range's end.
+static inline int64_t chunk_at_element(const Work& w, int64_t tb, int64_t te, int64_t e) {
+  if (e >= w.elem_off[te]) return w.chunk_off[te];
+  if (e <= w.elem_off[tb]) return w.chunk_off[tb];
+  int64_t lo = tb, hi = te;  // elem_off[lo] <= e < elem_off[hi]
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (w.elem_off[mid] <= e) lo = mid; else hi = mid;
+  }
+  const int64_t c = (e - w.elem_off[lo] + kChunkElems - 1) / kChunkElems;
+  return w.chunk_off[lo] + c;
+}
+
+/// Thread ``tid`` of ``nth``: its chunks of the tensor range [tb, te), balanced by elements.
+static inline void thread_chunks(const Work& w, int64_t tb, int64_t te, int tid, int nth, int64_t* k0, int64_t* k1) {
+  const int64_t base = w.elem_off[tb], total = w.elem_off[te] - base;
+  const int64_t e0 = base + (total / nth) * tid + (total % nth) * tid / nth;
+  const int64_t e1 = base + (total / nth) * (tid + 1) + (total % nth) * (tid + 1) / nth;
+  *k0 = chunk_at_element(w, tb, te, e0);
+  *k1 = tid + 1 == nth ? w.chunk_off[te] : chunk_at_element(w, tb, te, e1);
+}
+
+/// Tensor that owns global chunk ``k`` (first tensor i >= 0 with chunk_off[i+1] > k).
+static inline int64_t tensor_of_chunk(const Work& w, int64_t k) {
+  int64_t lo = 0, hi = w.tt->n;  // find smallest i with chunk_off[i+1] > k
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (w.chunk_off[mid + 1] > k) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
+}  // namespace cpu
+}  // namespace lrsched

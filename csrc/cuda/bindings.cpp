@@ -1,0 +1,94 @@
+// Python bindings of the CUDA backend (module lrsched_fused._cuda): pybind11 over raw device addresses
+// and a stream handle (torch.cuda.current_stream().cuda_stream); no CUDA or torch headers here.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "api.h"
+
+namespace py = pybind11;
+using namespace lrsched::cuda;
+
+namespace {
+
+template <class T>
+T* ptr(int64_t address) {
+  return reinterpret_cast<T*>(static_cast<intptr_t>(address));
+}
+
+/// ``t``: (table, n, pdtype, sdtype, has_max, has_master, blocks, nblocks, first_block).
+TensorTable tensor_table(const std::array<int64_t, 9>& t) {
+  TensorTable tt;
+  tt.table = ptr<const int64_t>(t[0]);
+  tt.n = t[1];
+  tt.pdtype = static_cast<int>(t[2]);
+  tt.sdtype = static_cast<int>(t[3]);
+  tt.has_max = t[4] != 0;
+  tt.has_master = t[5] != 0;
+  tt.blocks = ptr<const int32_t>(t[6]);
+  tt.nblocks = t[7];
+  tt.first_block = ptr<const int64_t>(t[8]);
+  if (!supported(tt.pdtype, tt.sdtype, tt.has_master))
+    throw py::value_error("lrsched_fused._cuda: unsupported (param dtype, state dtype, master) combination");
+  return tt;
+}
+
+/// ``c``: (sched_ints, sched_floats, group_sched, hparams, groups, clock, group_index, steps, found_inf, grad_scale).
+StepTables step_tables(const std::array<int64_t, 10>& c) {
+  StepTables st;
+  st.sched_ints = ptr<const int64_t>(c[0]);
+  st.sched_floats = ptr<const double>(c[1]);
+  st.group_sched = ptr<const int64_t>(c[2]);
+  st.hparams = ptr<const double>(c[3]);
+  st.groups = c[4];
+  st.clock = ptr<const int64_t>(c[5]);
+  st.group_index = ptr<const int64_t>(c[6]);
+  st.steps = ptr<const float>(c[7]);
+  st.found_inf = ptr<const float>(c[8]);
+  st.grad_scale = ptr<const float>(c[9]);
+  return st;
+}
+
+void check() {
+  const std::string err = last_error();
+  if (!err.empty()) throw std::runtime_error("lrsched_fused._cuda: " + err);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "lrsched_fused CUDA kernels; use through lrsched_fused.backends.cuda";
+  m.def("supported", &supported);
+  m.def("adamw", [](const std::array<int64_t, 9>& t, const std::array<int64_t, 10>& c, bool ams, int64_t stream) {
+    adamw(tensor_table(t), step_tables(c), ams, ptr<void>(stream));
+    check();
+  });
+  m.def("lamb", [](const std::array<int64_t, 9>& t, const std::array<int64_t, 10>& c, int64_t clip, int64_t norms,
+                   int64_t partials, int64_t ratio, int64_t sums, int phase, int64_t stream) {
+    lamb(tensor_table(t), step_tables(c), ptr<const float>(clip), ptr<float>(norms), ptr<double>(partials),
+         ptr<double>(ratio), ptr<float>(sums), phase, ptr<void>(stream));
+    check();
+  });
+  m.def("grad_sumsq", [](const std::array<int64_t, 9>& t, int64_t grad_scale, int64_t partials, int64_t out,
+                         int64_t stream) {
+    grad_sumsq(tensor_table(t), ptr<const float>(grad_scale), ptr<double>(partials), ptr<float>(out), ptr<void>(stream));
+    check();
+  });
+  m.def("advance", [](const std::array<int64_t, 10>& c, int64_t steps, int64_t nsteps, int64_t lr_out, int64_t tokens,
+                      int64_t stream) {
+    advance(step_tables(c), ptr<float>(steps), nsteps, ptr<float>(lr_out), ptr<int64_t>(c[5]),
+            ptr<const int64_t>(tokens), ptr<void>(stream));
+    check();
+  });
+  m.def("evaluate_schedule", [](int64_t ints, int64_t floats, int64_t first, int64_t rows, int64_t t, int64_t count,
+                                int64_t out, int64_t stream) {
+    evaluate_schedule(ptr<const int64_t>(ints), ptr<const double>(floats), first, rows, ptr<const int64_t>(t), count,
+                      ptr<float>(out), ptr<void>(stream));
+    check();
+  });
+  m.attr("CHUNK_ELEMS") = kChunkElems;
+}

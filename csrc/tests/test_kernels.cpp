@@ -1,0 +1,306 @@
+// The CPU kernels through the C++ API (csrc/cpu/api.h): correctness against a plain double loop, and bit
+// identity across thread counts, instruction sets and LAMB's scratch buffer.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include <lrsched/convert.h>
+#include <lrsched/layout.h>
+
+#include "../cpu/api.h"
+#include "check.h"
+
+using namespace lrsched;
+namespace L = lrsched::layout;
+
+namespace {
+
+const std::vector<int64_t> kSizes = {3 * cpu::kChunkElems + 123, 17, 0, cpu::kChunkElems, 5000, 1};
+
+/// One bucket of fp32 (or bf16-param) tensors with its tables; copies are independent.
+struct Bucket {
+  int pdtype;
+  std::vector<std::vector<float>> p32, g32, m, v, master;
+  std::vector<std::vector<bf16>> p16, g16;
+  std::vector<int64_t> numel, group;
+  std::vector<float> steps;
+  // tables: one constant schedule (0.01), one linear warmup (tokens clock), two groups
+  std::vector<int64_t> ints = {0, 10, 10, L::SHAPE_CONSTANT, 10, L::INFINITE_LENGTH, 1, L::SHAPE_CONSTANT,
+                               0, 100, 100, L::SHAPE_LINEAR, 100, L::INFINITE_LENGTH, 1, L::SHAPE_CONSTANT};
+  std::vector<double> floats = {0.01, 0.01, 0, 0, 0, 0.01, 0.01, 0, 0, 0, 0.0, 0.02, 0, 0, 0, 0.02, 0.02, 0, 0, 0};
+  std::vector<int64_t> group_sched = {0, 2, L::CLOCK_STEPS, 2, 2, L::CLOCK_TOKENS};
+  std::vector<double> hp = std::vector<double>(2 * L::HP_COLS, 0.0);
+  std::vector<int64_t> clock = {3, 40};
+  std::vector<void*> ptr_p, ptr_m, ptr_v;
+  std::vector<const void*> ptr_g;
+  std::vector<float*> ptr_master;
+
+  explicit Bucket(int pd, uint32_t seed = 1) : pdtype(pd) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (size_t i = 0; i < kSizes.size(); ++i) {
+      const int64_t n = kSizes[i];
+      std::vector<float> p(n), g(n), mm(n), vv(n);
+      for (int64_t j = 0; j < n; ++j) {
+        p[j] = normal(rng);
+        g[j] = normal(rng);
+        mm[j] = 0.1f * normal(rng);
+        vv[j] = 0.01f * std::fabs(normal(rng));
+      }
+      if (pd == cpu::kBF16) {  // bf16 params and grads, fp32 master weights
+        std::vector<bf16> pb(n), gb(n);
+        for (int64_t j = 0; j < n; ++j) {
+          store(&pb[j], p[j]);
+          store(&gb[j], g[j]);
+          p[j] = load(pb[j]);
+        }
+        p16.push_back(pb);
+        g16.push_back(gb);
+        master.push_back(p);
+      } else {
+        p32.push_back(p);
+        g32.push_back(g);
+      }
+      m.push_back(mm);
+      v.push_back(vv);
+      numel.push_back(n);
+      group.push_back(static_cast<int64_t>(i % 2));
+      steps.push_back(static_cast<float>(i % 3));
+    }
+    for (int gi = 0; gi < 2; ++gi) {
+      double* h = hp.data() + gi * L::HP_COLS;
+      h[L::HP_LR_SCALE] = gi ? 0.5 : 1.0;
+      h[L::HP_BETA1] = 0.9;
+      h[L::HP_BETA2] = 0.999;
+      h[L::HP_EPS] = 1e-6;
+      h[L::HP_WEIGHT_DECAY] = gi ? 0.0 : 0.1;
+      h[L::HP_BIAS_CORRECTION] = h[L::HP_GRAD_AVERAGING] = h[L::HP_ADAPT] = 1.0;
+      h[L::HP_TRUST_MAX] = std::numeric_limits<double>::infinity();
+      h[L::HP_DECOUPLED] = gi ? 1.0 : 0.0;
+    }
+  }
+
+  cpu::TensorTable table() {
+    ptr_p.clear();
+    ptr_g.clear();
+    ptr_m.clear();
+    ptr_v.clear();
+    ptr_master.clear();
+    for (size_t i = 0; i < kSizes.size(); ++i) {
+      if (pdtype == cpu::kBF16) {
+        ptr_p.push_back(p16[i].data());
+        ptr_g.push_back(g16[i].data());
+        ptr_master.push_back(master[i].data());
+      } else {
+        ptr_p.push_back(p32[i].data());
+        ptr_g.push_back(g32[i].data());
+      }
+      ptr_m.push_back(m[i].data());
+      ptr_v.push_back(v[i].data());
+    }
+    cpu::TensorTable tt;
+    tt.n = static_cast<int64_t>(kSizes.size());
+    tt.pdtype = pdtype;
+    tt.sdtype = cpu::kF32;
+    tt.param = ptr_p.data();
+    tt.grad = ptr_g.data();
+    tt.exp_avg = ptr_m.data();
+    tt.exp_avg_sq = ptr_v.data();
+    tt.master = pdtype == cpu::kBF16 ? ptr_master.data() : nullptr;
+    tt.numel = numel.data();
+    return tt;
+  }
+
+  cpu::StepTables step_tables() const {
+    cpu::StepTables st;
+    st.sched_ints = ints.data();
+    st.sched_floats = floats.data();
+    st.group_sched = group_sched.data();
+    st.hparams = hp.data();
+    st.groups = 2;
+    st.clock = clock.data();
+    st.group_index = group.data();
+    st.steps = steps.data();
+    return st;
+  }
+
+  bool same_bits(const Bucket& o) const {
+    auto eq = [](const auto& a, const auto& b) {
+      if (a.size() != b.size()) return false;
+      for (size_t i = 0; i < a.size(); ++i)
+        if (a[i].size() != b[i].size() || (a[i].size() && std::memcmp(a[i].data(), b[i].data(), a[i].size() * sizeof(a[i][0]))))
+          return false;
+      return true;
+    };
+    return eq(p32, o.p32) && eq(p16, o.p16) && eq(master, o.master) && eq(m, o.m) && eq(v, o.v);
+  }
+};
+
+void run(Bucket& b, bool lamb, int threads, std::vector<float>* norms = nullptr, int64_t scratch_elems = 1 << 20) {
+  const cpu::TensorTable tt = b.table();
+  const cpu::StepTables st = b.step_tables();
+  if (!lamb) {
+    cpu::adamw(tt, st, false, threads);
+    return;
+  }
+  std::vector<float> scratch(scratch_elems);
+  std::vector<float> local(3 * tt.n, -1.0f);
+  cpu::lamb(tt, st, nullptr, norms ? norms->data() : local.data(), scratch_elems ? scratch.data() : nullptr,
+            scratch_elems, threads);
+}
+
+std::vector<std::string> isas() {
+  const char* names[8];
+  const int k = cpu::available_isas(names, 8);
+  return std::vector<std::string>(names, names + k);
+}
+
+}  // namespace
+
+TEST(adamw_matches_a_double_loop) {
+  Bucket b(cpu::kF32), ref(cpu::kF32);
+  run(b, false, 2);
+  for (size_t i = 0; i < kSizes.size(); ++i) {
+    const double* h = ref.hp.data() + ref.group[i] * L::HP_COLS;
+    const double lr = i % 2 ? 0.5 * 0.02 * 40.0 / 100.0 : 0.01;  // group 1 reads the token clock (40)
+    const double t = ref.steps[i] + 1.0, b1 = h[L::HP_BETA1], b2 = h[L::HP_BETA2];
+    for (int64_t j = 0; j < kSizes[i]; ++j) {
+      double p = ref.p32[i][j], g = ref.g32[i][j], m = ref.m[i][j], v = ref.v[i][j];
+      p *= 1.0 - lr * h[L::HP_WEIGHT_DECAY];
+      m = m + (g - m) * (1 - b1);
+      v = v * b2 + (1 - b2) * g * g;
+      p -= lr / (1 - std::pow(b1, t)) * m / (std::sqrt(v) / std::sqrt(1 - std::pow(b2, t)) + h[L::HP_EPS]);
+      // float32 rounding of terms of size ~|p| + lr: compare on that scale (p may cancel to ~0)
+      const double err = std::fabs(b.p32[i][j] - p), bound = 1e-6 * (std::fabs(ref.p32[i][j]) + lr);
+      if (!(err <= bound)) {
+        CHECK_NEAR(b.p32[i][j], p, bound / std::fabs(p));
+        return;
+      }
+    }
+  }
+}
+
+TEST(lamb_norms_match_a_double_loop) {
+  Bucket b(cpu::kF32), ref(cpu::kF32);
+  std::vector<float> norms(3 * kSizes.size());
+  run(b, true, 2, &norms);
+  for (size_t i = 0; i < kSizes.size(); ++i) {
+    const double* h = ref.hp.data() + ref.group[i] * L::HP_COLS;
+    const double lr = i % 2 ? 0.5 * 0.02 * 40.0 / 100.0 : 0.01;
+    const double t = ref.steps[i] + 1.0, b1 = h[L::HP_BETA1], b2 = h[L::HP_BETA2], wd = h[L::HP_WEIGHT_DECAY];
+    const bool dec = h[L::HP_DECOUPLED] != 0.0;
+    double sw = 0, su = 0;
+    for (int64_t j = 0; j < kSizes[i]; ++j) {
+      const double p = ref.p32[i][j], g = ref.g32[i][j];
+      const double m = b1 * ref.m[i][j] + (1 - b1) * g, v = b2 * ref.v[i][j] + (1 - b2) * g * g;
+      const double r = (m / (1 - std::pow(b1, t))) / (std::sqrt(v) / std::sqrt(1 - std::pow(b2, t)) + h[L::HP_EPS]);
+      const double w = dec ? p * (1 - lr * wd) : p, u = dec ? r : r + wd * p;
+      sw += w * w;
+      su += u * u;
+    }
+    CHECK_NEAR(norms[3 * i + L::NORM_PARAM], std::sqrt(sw), 1e-6);
+    CHECK_NEAR(norms[3 * i + L::NORM_UPDATE], std::sqrt(su), 1e-6);
+    const double ratio = (sw > 0 && su > 0) ? std::sqrt(sw) / std::sqrt(su) : 1.0;
+    CHECK_NEAR(norms[3 * i + L::NORM_RATIO], ratio, 1e-6);
+  }
+}
+
+TEST(thread_count_does_not_change_bits) {
+  for (int pd : {cpu::kF32, cpu::kBF16}) {
+    for (bool lamb : {false, true}) {
+      Bucket one(pd), two(pd), three(pd);
+      std::vector<float> n1(3 * kSizes.size()), n2(n1.size()), n3(n1.size());
+      run(one, lamb, 1, &n1);
+      run(two, lamb, 2, &n2);
+      run(three, lamb, 3, &n3);
+      CHECK(one.same_bits(two));
+      CHECK(one.same_bits(three));
+      CHECK(std::memcmp(n1.data(), n2.data(), n1.size() * 4) == 0);
+      CHECK(std::memcmp(n1.data(), n3.data(), n1.size() * 4) == 0);
+    }
+  }
+}
+
+TEST(instruction_set_does_not_change_bits) {
+  const std::vector<std::string> names = isas();
+  CHECK(!names.empty() && names[0] == "baseline");
+  const std::string before = cpu::current_isa();
+  for (int pd : {cpu::kF32, cpu::kBF16}) {
+    for (bool lamb : {false, true}) {
+      CHECK(cpu::set_isa("baseline"));
+      Bucket base(pd);
+      run(base, lamb, 2);
+      for (const std::string& isa : names) {
+        CHECK(cpu::set_isa(isa.c_str()));
+        Bucket other(pd);
+        run(other, lamb, 2);
+        CHECK(base.same_bits(other));
+      }
+    }
+  }
+  CHECK(cpu::set_isa(before.c_str()));
+  CHECK(!cpu::set_isa("no-such-isa"));
+}
+
+TEST(lamb_scratch_size_does_not_change_bits) {
+  Bucket a(cpu::kF32), b(cpu::kF32), c(cpu::kF32);
+  run(a, true, 2, nullptr, 1 << 20);
+  run(b, true, 2, nullptr, 0);
+  run(c, true, 2, nullptr, 300);
+  CHECK(a.same_bits(b));
+  CHECK(a.same_bits(c));
+}
+
+TEST(sharded_stages_match_the_fused_update) {
+  // stage 1 -> (identity all-reduce) -> stage 2 gives the fused result up to the float32 rounding of the
+  // sums, and the same bits for any thread count
+  Bucket fused(cpu::kF32), one(cpu::kF32), two(cpu::kF32);
+  std::vector<float> nf(3 * kSizes.size()), n1(nf.size()), n2(nf.size());
+  run(fused, true, 2, &nf);
+  for (auto* pair : {&one, &two}) {
+    const int threads = pair == &one ? 1 : 2;
+    std::vector<float>& norms = pair == &one ? n1 : n2;
+    const cpu::TensorTable tt = pair->table();
+    const cpu::StepTables st = pair->step_tables();
+    std::vector<float> sums(2 * tt.n, -1.0f);
+    cpu::lamb_stage1(tt, st, nullptr, sums.data(), threads);
+    cpu::lamb_stage2(tt, st, nullptr, sums.data(), norms.data(), threads);
+  }
+  CHECK(one.same_bits(two));
+  CHECK(std::memcmp(n1.data(), n2.data(), n1.size() * 4) == 0);
+  for (size_t k = 0; k < nf.size(); ++k) CHECK_NEAR(n1[k], nf[k], 1e-6);
+  for (size_t i = 0; i < kSizes.size(); ++i)
+    for (int64_t j = 0; j < kSizes[i]; ++j) CHECK_NEAR(one.p32[i][j], fused.p32[i][j], 1e-6);
+}
+
+TEST(found_inf_leaves_everything_unchanged) {
+  for (bool lamb : {false, true}) {
+    Bucket a(cpu::kF32), b(cpu::kF32);
+    const float found = 1.0f;
+    cpu::StepTables st = a.step_tables();
+    st.found_inf = &found;
+    const cpu::TensorTable tt = a.table();
+    std::vector<float> norms(3 * tt.n, -1.0f);
+    if (lamb) cpu::lamb(tt, st, nullptr, norms.data(), nullptr, 0, 2);
+    else cpu::adamw(tt, st, false, 2);
+    CHECK(a.same_bits(b));
+    if (lamb) CHECK(norms[3 * 0 + L::NORM_PARAM] > 0.0f);  // telemetry is still written
+  }
+}
+
+TEST(grad_sumsq_matches_a_double_sum) {
+  Bucket b(cpu::kF32);
+  const cpu::TensorTable tt = b.table();
+  double want = 0;
+  for (const auto& g : b.g32)
+    for (float x : g) want += static_cast<double>(x) * x;
+  const float scale = 4.0f;
+  float got = 0.0f;
+  cpu::grad_sumsq(tt, &scale, &got, 2);
+  CHECK_NEAR(got, want / 16.0, 1e-6);
+}
+
+TEST_MAIN()

@@ -1,0 +1,271 @@
+"""The ``"cpu"`` backend: the C++17 + OpenMP extension ``lrsched_fused._cpu`` (sources in ``csrc/``).
+
+One call per bucket updates every tensor of it: the extension receives a cached int64 table of data
+pointers (params, grads, moments, master weights, numels) and the addresses of the optimizer's device
+tables (schedule, hyperparameters, clock, steps, ``found_inf``, ``grad_scale``), and evaluates the
+schedule and the per-tensor coefficients itself, as the GPU kernels do. Nothing is read on the host here
+(no ``.item()``): even on CPU tensors the backend keeps the GPU discipline.
+
+Numerics (see ``csrc/include/lrsched/*.h`` for the formulas):
+
+* math in float32 (float64 for float64 parameters); per-tensor coefficients in double, rounded once;
+* the gradient is multiplied by ``1 / grad_scale`` (and ``1 / clip_div``), equal to torch's division when
+  the scale is a power of two, as GradScaler's is;
+* LAMB norms: fixed chunks of ``_cpu.CHUNK_ELEMS`` elements, 16 fixed lanes inside a chunk, float64
+  across chunks, chunks added in order: the result is bit-identical for any thread count, and (the
+  kernels are built with ``-ffp-contract=off``) for every instruction set the binary dispatches to
+  (baseline x86-64, AVX2, AVX-512; ``_cpu.isa()`` names the one in use, ``LRSCHED_CPU_ISA`` caps it).
+
+The thread count follows ``torch.get_num_threads()`` (torch and the extension share one OpenMP runtime:
+torch is imported first, so the extension's ``libgomp.so.1`` resolves to the one torch loaded).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch  # noqa: F401  (first: the extension must bind to the OpenMP runtime torch loaded)
+
+from lrsched_fused.schedules import ScheduleTables
+
+from ._api import BackendUnavailable, StepContext, TensorBatch
+
+try:
+    from lrsched_fused import _cpu as _ext
+except ImportError as exc:  # not built (no C++ compiler at install time) or built for another Python
+    raise BackendUnavailable(
+        f"backend 'cpu' is not available: the C++ extension lrsched_fused._cpu is not built ({exc}); "
+        "reinstall with a C++17 compiler (g++ or clang++) present: pip install -e ."
+    ) from exc
+
+__all__ = ["CpuBackend", "extension"]
+
+#: The compiled module (for tests and diagnostics: ``extension.isa()``, ``extension.layout()``).
+extension = _ext
+
+_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+_CACHE_KEY = "cpu"
+# rows of the pointer table
+_PARAM, _GRAD, _EXP_AVG, _EXP_AVG_SQ, _MAX, _MASTER, _NUMEL = range(7)
+
+
+def _code(dtype: torch.dtype, what: str) -> int:
+    if dtype not in _CODES:
+        raise BackendUnavailable(f"backend 'cpu' has no kernels for {what} dtype {dtype}")
+    return _CODES[dtype]
+
+
+def _addr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+class _BatchTables:
+    """What the backend caches per batch: the pointer table and buffers (kept in ``batch.cache``)."""
+
+    def __init__(self, batch: TensorBatch) -> None:
+        n = len(batch)
+        self.n = n
+        self.pdtype = _code(batch.dtype, "parameter")
+        self.sdtype = _code(batch.state_dtype, "state")
+        self.has_max = batch.max_exp_avg_sqs is not None
+        self.has_master = batch.master_params is not None
+        if not _ext.supported(self.pdtype, self.sdtype, self.has_master):
+            raise BackendUnavailable(_unsupported(batch.dtype, batch.state_dtype, self.has_master))
+        lists = {_PARAM: batch.params, _GRAD: batch.grads, _EXP_AVG: batch.exp_avgs, _EXP_AVG_SQ: batch.exp_avg_sqs,
+                 _MAX: batch.max_exp_avg_sqs, _MASTER: batch.master_params}
+        want = {_PARAM: batch.dtype, _GRAD: batch.dtype, _EXP_AVG: batch.state_dtype, _EXP_AVG_SQ: batch.state_dtype,
+                _MAX: batch.state_dtype, _MASTER: torch.float32}
+        self.table = torch.zeros(7, n, dtype=torch.int64)
+        rows = self.table.numpy()
+        for row, tensors in lists.items():
+            if tensors is None:
+                continue
+            if len(tensors) != n:
+                raise ValueError(f"TensorBatch lists must have the same length; got {len(tensors)} and {n}")
+            for i, t in enumerate(tensors):
+                _check_tensor(t, batch.params[i], want[row])
+            rows[row, :] = [t.data_ptr() for t in tensors]
+        rows[_NUMEL, :] = [p.numel() for p in batch.params]
+        self._rows = rows
+        self.total = int(sum(p.numel() for p in batch.params))
+        self.max_numel = max((p.numel() for p in batch.params), default=0)
+        self.addr = self.table.data_ptr()
+        for name, t in (("group_index", batch.group_index), ("steps", batch.steps)):
+            if t.device.type != "cpu" or not t.is_contiguous() or t.numel() != n:
+                raise ValueError(f"TensorBatch.{name} must be a contiguous CPU tensor of {n} elements")
+        if batch.group_index.dtype != torch.int64 or batch.steps.dtype != torch.float32:
+            raise ValueError("TensorBatch.group_index must be int64 and TensorBatch.steps float32")
+        self.scratch: torch.Tensor | None = None
+        self.sums: torch.Tensor | None = None
+
+    def refresh_grads(self, grads: list[torch.Tensor]) -> None:
+        self._rows[_GRAD, :] = [g.data_ptr() for g in grads]
+
+
+def _check_tensor(t: torch.Tensor, p: torch.Tensor, dtype: torch.dtype) -> None:
+    if t.device.type != "cpu":
+        raise BackendUnavailable(f"backend 'cpu' needs CPU tensors; got a tensor on {t.device}")
+    if t.dtype != dtype:
+        raise ValueError(f"backend 'cpu': expected a {dtype} tensor, got {t.dtype}")
+    if not t.is_contiguous():
+        raise ValueError("backend 'cpu' needs contiguous tensors")
+    if t.numel() != p.numel():
+        raise ValueError(f"backend 'cpu': a state tensor has {t.numel()} elements, its parameter {p.numel()}")
+
+
+def _unsupported(pdtype: torch.dtype, sdtype: torch.dtype, master: bool) -> str:
+    return (f"backend 'cpu' has no kernels for parameter dtype {pdtype} with state dtype {sdtype}"
+            f"{' and fp32 master weights' if master else ''}; supported: float32 params with float32 or bfloat16 "
+            "states, float64 with float64, bfloat16 with float32 or bfloat16, float16 with float32 or float16 "
+            "(master weights for bfloat16/float16 params)")
+
+
+def _scalar_addr(t: torch.Tensor | None, name: str) -> int:
+    if t is None:
+        return 0
+    if t.device.type != "cpu" or t.dtype != torch.float32:
+        raise ValueError(f"{name} must be a float32 CPU tensor for backend 'cpu'; got {t.dtype} on {t.device}")
+    return t.data_ptr()
+
+
+def _tables_addrs(tables: ScheduleTables) -> tuple[int, int, int, int]:
+    for name, t, dtype in (("ints", tables.ints, torch.int64), ("floats", tables.floats, torch.float64),
+                           ("group_sched", tables.group_sched, torch.int64)):
+        if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
+            raise ValueError(f"ScheduleTables.{name} must be a contiguous {dtype} CPU tensor for backend 'cpu'")
+    return tables.ints.data_ptr(), tables.floats.data_ptr(), tables.group_sched.data_ptr(), tables.group_sched.shape[0]
+
+
+def _ctx_addrs(ctx: StepContext, batch: TensorBatch | None) -> tuple[int, ...]:
+    ints, floats, gs, groups = _tables_addrs(ctx.sched)
+    hp, clock = ctx.hparams, ctx.clock
+    if hp.dtype != torch.float64 or not hp.is_contiguous() or hp.device.type != "cpu" or hp.shape[0] < groups:
+        raise ValueError("StepContext.hparams must be a contiguous float64 CPU tensor with a row per schedule")
+    if clock.dtype != torch.int64 or not clock.is_contiguous() or clock.device.type != "cpu":
+        raise ValueError("StepContext.clock must be a contiguous int64 CPU tensor")
+    return (ints, floats, gs, hp.data_ptr(), groups, clock.data_ptr(),
+            batch.group_index.data_ptr() if batch is not None else 0,
+            batch.steps.data_ptr() if batch is not None else 0,
+            _scalar_addr(ctx.found_inf, "found_inf"), _scalar_addr(ctx.grad_scale, "grad_scale"))
+
+
+class CpuBackend:
+    """C++/OpenMP kernels for CPU tensors (see the module docstring).
+
+    Args:
+        threads: OpenMP threads per call; ``None`` (default) follows ``torch.get_num_threads()``.
+        lamb_scratch: elements of LAMB's update buffer, where the first pass keeps the update for the
+            second (tensors of up to ``_cpu.LAMB_HOT_ELEMS`` elements per thread); ``None``: threads x
+            min(``LAMB_HOT_ELEMS``, largest tensor); ``0``: no buffer (the second pass recomputes the
+            moments and the update, ~15% slower). The results are bit-identical either way.
+    """
+
+    name = "cpu"
+
+    def __init__(self, threads: int | None = None, lamb_scratch: int | None = None) -> None:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be None or an int >= 1; got {threads!r}")
+        if lamb_scratch is not None and (isinstance(lamb_scratch, bool) or not isinstance(lamb_scratch, int)
+                                         or lamb_scratch < 0):
+            raise ValueError(f"lamb_scratch must be None or an int >= 0; got {lamb_scratch!r}")
+        self._threads = threads
+        self._lamb_scratch = lamb_scratch
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _nthreads(self) -> int:
+        return self._threads if self._threads is not None else torch.get_num_threads()
+
+    @staticmethod
+    def _tables(batch: TensorBatch) -> _BatchTables:
+        tabs = batch.cache.get(_CACHE_KEY)
+        if tabs is None:
+            tabs = _BatchTables(batch)
+            batch.cache[_CACHE_KEY] = tabs
+        else:
+            tabs.refresh_grads(batch.grads)
+        return tabs
+
+    # -- protocol --------------------------------------------------------------------------------------
+    def check(self, device: torch.device, param_dtype: torch.dtype, state_dtype: torch.dtype) -> None:
+        if torch.device(device).type != "cpu":
+            raise BackendUnavailable(f"backend 'cpu' needs CPU tensors; got device {device}")
+        pd, sd = _code(param_dtype, "parameter"), _code(state_dtype, "state")
+        if not _ext.supported(pd, sd, False):
+            raise BackendUnavailable(_unsupported(param_dtype, state_dtype, False))
+
+    def adamw(self, batch: TensorBatch, ctx: StepContext, *, amsgrad: bool) -> None:
+        if len(batch) == 0:
+            return
+        tabs = self._tables(batch)
+        if amsgrad and not tabs.has_max:
+            raise ValueError("amsgrad=True needs TensorBatch.max_exp_avg_sqs")
+        _ext.adamw(tabs.addr, tabs.n, tabs.pdtype, tabs.sdtype, tabs.has_max, tabs.has_master,
+                   _ctx_addrs(ctx, batch), bool(amsgrad), self._nthreads())
+
+    def lamb(self, batch: TensorBatch, ctx: StepContext, *, norms_out: torch.Tensor,
+             clip_div: torch.Tensor | None, allreduce: Callable[[torch.Tensor], None] | None) -> None:
+        if len(batch) == 0:
+            return
+        tabs = self._tables(batch)
+        if (norms_out.dtype != torch.float32 or not norms_out.is_contiguous() or norms_out.device.type != "cpu"
+                or tuple(norms_out.shape) != (tabs.n, 3)):
+            raise ValueError(f"norms_out must be a contiguous float32 CPU tensor of shape ({tabs.n}, 3)")
+        addrs = _ctx_addrs(ctx, batch)
+        clip = _scalar_addr(clip_div, "clip_div")
+        threads = self._nthreads()
+        if allreduce is None:
+            scratch = self._scratch(tabs, batch, threads)
+            _ext.lamb(tabs.addr, tabs.n, tabs.pdtype, tabs.sdtype, tabs.has_master, addrs, clip,
+                      norms_out.data_ptr(), _addr(scratch), 0 if scratch is None else scratch.numel(), threads)
+            return
+        if tabs.sums is None:
+            tabs.sums = torch.zeros(tabs.n, 2, dtype=torch.float32)
+        _ext.lamb_stage1(tabs.addr, tabs.n, tabs.pdtype, tabs.sdtype, tabs.has_master, addrs, clip,
+                         tabs.sums.data_ptr(), threads)
+        allreduce(tabs.sums)
+        _ext.lamb_stage2(tabs.addr, tabs.n, tabs.pdtype, tabs.sdtype, tabs.has_master, addrs, clip,
+                         tabs.sums.data_ptr(), norms_out.data_ptr(), threads)
+
+    def _scratch(self, tabs: _BatchTables, batch: TensorBatch, threads: int) -> torch.Tensor | None:
+        want = threads * _ext.LAMB_HOT_ELEMS if self._lamb_scratch is None else self._lamb_scratch
+        size = min(want, threads * max(tabs.max_numel, 1))
+        if size <= 0:
+            return None
+        dtype = torch.float64 if batch.dtype == torch.float64 else torch.float32
+        if tabs.scratch is None or tabs.scratch.numel() != size or tabs.scratch.dtype != dtype:
+            tabs.scratch = torch.empty(size, dtype=dtype)
+        return tabs.scratch
+
+    def grad_sumsq(self, batch: TensorBatch, ctx: StepContext) -> torch.Tensor:
+        out = torch.zeros((), dtype=torch.float32)
+        if len(batch) == 0:
+            return out
+        tabs = self._tables(batch)
+        _ext.grad_sumsq(tabs.addr, tabs.n, tabs.pdtype, _scalar_addr(ctx.grad_scale, "grad_scale"), out.data_ptr(),
+                        self._nthreads())
+        return out
+
+    def advance(self, ctx: StepContext, steps: torch.Tensor, lr_out: torch.Tensor,
+                tokens: torch.Tensor | None) -> None:
+        groups = ctx.sched.group_sched.shape[0]
+        if steps.dtype != torch.float32 or not steps.is_contiguous() or steps.device.type != "cpu":
+            raise ValueError("steps must be a contiguous float32 CPU tensor")
+        if lr_out.dtype != torch.float32 or not lr_out.is_contiguous() or lr_out.numel() < groups:
+            raise ValueError(f"lr_out must be a contiguous float32 CPU tensor of at least {groups} elements")
+        tok = 0
+        if tokens is not None:
+            if tokens.dtype != torch.int64 or tokens.device.type != "cpu" or tokens.numel() != 1:
+                raise ValueError("tokens must be a one-element int64 CPU tensor")
+            tokens = tokens.contiguous()
+            tok = tokens.data_ptr()
+        _ext.advance(_ctx_addrs(ctx, None), steps.data_ptr(), steps.numel(), lr_out.data_ptr(), tok)
+
+    def evaluate_schedule(self, tables: ScheduleTables, t: torch.Tensor) -> torch.Tensor:
+        ints, floats, _, _ = _tables_addrs(tables)
+        if t.device.type != "cpu":
+            raise ValueError(f"backend 'cpu' evaluates clocks held in CPU tensors; got {t.device}")
+        t = t.to(torch.int64).contiguous()
+        first, rows = (int(x) for x in tables.group_sched[0, :2].tolist())
+        out = torch.empty(t.shape, dtype=torch.float32)
+        _ext.evaluate_schedule(ints, floats, first, rows, t.data_ptr(), t.numel(), out.data_ptr())
+        return out

@@ -1,0 +1,176 @@
+"""The ``"cuda"`` backend: the CUDA sources in ``csrc/cuda`` (extension ``lrsched_fused._cuda``).
+
+Built only where nvcc and a GPU are present (see ``setup.py``). Same math and tables as the CPU backend
+(the schedule and the per-element updates come from the shared headers in ``csrc/include/lrsched``):
+one thread block per (tensor, chunk of ``_cuda.CHUNK_ELEMS`` elements) from a block table cached per
+bucket; AdamW is one launch; LAMB is stage 1 (norm partials), a per-tensor reduction in chunk order
+(deterministic, no float atomics) and stage 2 (moments and update), with the ``allreduce`` callback
+between the reduction and stage 2 for sharded parameters. Every call is asynchronous on the current
+stream: nothing is read on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from lrsched_fused.schedules import ScheduleTables
+
+from ._api import BackendUnavailable, StepContext, TensorBatch
+
+if not torch.cuda.is_available():
+    raise BackendUnavailable("backend 'cuda' needs a CUDA device (torch.cuda.is_available() is False)")
+try:
+    from lrsched_fused import _cuda as _ext
+except ImportError as exc:
+    raise BackendUnavailable(
+        f"backend 'cuda' is not available: the extension lrsched_fused._cuda is not built ({exc}); reinstall "
+        "on a machine with nvcc and a GPU (or LRSCHED_BUILD_CUDA=1): pip install -e ."
+    ) from exc
+
+__all__ = ["CudaBackend"]
+
+_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+_CACHE_KEY = "cuda"
+
+
+def _code(dtype: torch.dtype, what: str) -> int:
+    if dtype not in _CODES:
+        raise BackendUnavailable(f"backend 'cuda' has no kernels for {what} dtype {dtype}")
+    return _CODES[dtype]
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+class _DeviceTables:
+    """Pointer and block tables of one bucket on its device, and the LAMB workspaces."""
+
+    def __init__(self, batch: TensorBatch) -> None:
+        device = batch.device
+        n = len(batch)
+        self.device = device
+        self.pdtype = _code(batch.dtype, "parameter")
+        self.sdtype = _code(batch.state_dtype, "state")
+        has_max, has_master = batch.max_exp_avg_sqs is not None, batch.master_params is not None
+        if not _ext.supported(self.pdtype, self.sdtype, has_master):
+            raise BackendUnavailable(f"backend 'cuda' has no kernels for parameter dtype {batch.dtype} with state "
+                                     f"dtype {batch.state_dtype}{' and master weights' if has_master else ''}")
+        rows = [batch.params, batch.grads, batch.exp_avgs, batch.exp_avg_sqs, batch.max_exp_avg_sqs,
+                batch.master_params]
+        host = torch.zeros(7, n, dtype=torch.int64)
+        for r, tensors in enumerate(rows):
+            if tensors is None:
+                continue
+            for i, t in enumerate(tensors):
+                if t.device != device or not t.is_contiguous() or t.numel() != batch.params[i].numel():
+                    raise ValueError("backend 'cuda' needs contiguous tensors on one device, shaped like their params")
+            host[r] = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
+        numels = [p.numel() for p in batch.params]
+        host[6] = torch.tensor(numels, dtype=torch.int64)
+        chunk = _ext.CHUNK_ELEMS
+        counts = [(k + chunk - 1) // chunk for k in numels]
+        tensor_of = [i for i, c in enumerate(counts) for _ in range(c)]
+        chunk_of = [j for c in counts for j in range(c)]
+        first = [0]
+        for c in counts:
+            first.append(first[-1] + c)
+        self.nblocks = len(tensor_of)
+        self.table = host.to(device)
+        self.blocks = torch.tensor([tensor_of, chunk_of], dtype=torch.int32).reshape(2, -1).to(device)
+        self.first_block = torch.tensor(first, dtype=torch.int64).to(device)
+        self.grad_ptrs = host[1].tolist()
+        self._pinned: torch.Tensor | None = None
+        self.tt = (self.table.data_ptr(), n, self.pdtype, self.sdtype, int(has_max), int(has_master),
+                   self.blocks.data_ptr(), self.nblocks, self.first_block.data_ptr())
+        self.partials = torch.zeros(max(1, 2 * self.nblocks), dtype=torch.float64, device=device)
+        self.ratio = torch.zeros(max(1, n), dtype=torch.float64, device=device)
+        self.sums = torch.zeros(n, 2, dtype=torch.float32, device=device)
+
+    def refresh_grads(self, grads: list[torch.Tensor]) -> None:
+        ptrs = [g.data_ptr() for g in grads]
+        if ptrs != self.grad_ptrs:  # stream-ordered copy from pinned memory: no host sync
+            pinned = torch.tensor(ptrs, dtype=torch.int64).pin_memory()
+            self.table[1].copy_(pinned, non_blocking=True)
+            self._pinned, self.grad_ptrs = pinned, ptrs
+
+
+def _opt(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _ctx(ctx: StepContext, batch: TensorBatch | None) -> tuple[int, ...]:
+    tabs = ctx.sched
+    return (tabs.ints.data_ptr(), tabs.floats.data_ptr(), tabs.group_sched.data_ptr(), ctx.hparams.data_ptr(),
+            tabs.group_sched.shape[0], ctx.clock.data_ptr(),
+            batch.group_index.data_ptr() if batch is not None else 0,
+            batch.steps.data_ptr() if batch is not None else 0, _opt(ctx.found_inf), _opt(ctx.grad_scale))
+
+
+class CudaBackend:
+    """CUDA kernels from ``csrc/cuda`` (see the module docstring)."""
+
+    name = "cuda"
+
+    @staticmethod
+    def _tables(batch: TensorBatch) -> _DeviceTables:
+        tabs = batch.cache.get(_CACHE_KEY)
+        if tabs is None:
+            tabs = _DeviceTables(batch)
+            batch.cache[_CACHE_KEY] = tabs
+        else:
+            tabs.refresh_grads(batch.grads)
+        return tabs
+
+    def check(self, device: torch.device, param_dtype: torch.dtype, state_dtype: torch.dtype) -> None:
+        if torch.device(device).type != "cuda":
+            raise BackendUnavailable(f"backend 'cuda' needs CUDA tensors; got device {device}")
+        if not _ext.supported(_code(param_dtype, "parameter"), _code(state_dtype, "state"), False):
+            raise BackendUnavailable(f"backend 'cuda' has no kernels for parameter dtype {param_dtype} with state "
+                                     f"dtype {state_dtype}")
+
+    def adamw(self, batch: TensorBatch, ctx: StepContext, *, amsgrad: bool) -> None:
+        if len(batch) == 0:
+            return
+        tabs = self._tables(batch)
+        _ext.adamw(tabs.tt, _ctx(ctx, batch), bool(amsgrad), _stream(tabs.device))
+
+    def lamb(self, batch: TensorBatch, ctx: StepContext, *, norms_out: torch.Tensor,
+             clip_div: torch.Tensor | None, allreduce: Callable[[torch.Tensor], None] | None) -> None:
+        if len(batch) == 0:
+            return
+        tabs = self._tables(batch)
+        if not norms_out.is_contiguous() or norms_out.dtype != torch.float32:
+            raise ValueError("norms_out must be a contiguous float32 tensor")
+        c, stream = _ctx(ctx, batch), _stream(tabs.device)
+        args = (tabs.tt, c, _opt(clip_div), norms_out.data_ptr(), tabs.partials.data_ptr(), tabs.ratio.data_ptr(),
+                tabs.sums.data_ptr())
+        if allreduce is None:
+            _ext.lamb(*args, 0, stream)
+            return
+        _ext.lamb(*args, 1, stream)
+        allreduce(tabs.sums)
+        _ext.lamb(*args, 2, _stream(tabs.device))
+
+    def grad_sumsq(self, batch: TensorBatch, ctx: StepContext) -> torch.Tensor:
+        out = torch.zeros((), dtype=torch.float32, device=batch.device)
+        if len(batch) == 0:
+            return out
+        tabs = self._tables(batch)
+        _ext.grad_sumsq(tabs.tt, _opt(ctx.grad_scale), tabs.partials.data_ptr(), out.data_ptr(), _stream(tabs.device))
+        return out
+
+    def advance(self, ctx: StepContext, steps: torch.Tensor, lr_out: torch.Tensor,
+                tokens: torch.Tensor | None) -> None:
+        _ext.advance(_ctx(ctx, None), steps.data_ptr(), steps.numel(), lr_out.data_ptr(),
+                     _opt(None if tokens is None else tokens.contiguous()), _stream(steps.device))
+
+    def evaluate_schedule(self, tables: ScheduleTables, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(device=tables.ints.device, dtype=torch.int64).contiguous()
+        first, rows = (int(x) for x in tables.group_sched[0, :2].tolist())
+        out = torch.empty(t.shape, dtype=torch.float32, device=t.device)
+        _ext.evaluate_schedule(tables.ints.data_ptr(), tables.floats.data_ptr(), first, rows, t.data_ptr(), t.numel(),
+                               out.data_ptr(), _stream(t.device))
+        return out
