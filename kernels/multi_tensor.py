@@ -1,0 +1,188 @@
+"""Multi-tensor apply: one launch covers every tensor of a bucket through two small device tables.
+
+* a **pointer table**, int64 ``[NUM_LISTS, n]``: the ``data_ptr`` of tensor ``i`` of each list (params,
+  grads, first and second moments, amsgrad maxima, fp32 master weights; absent lists repeat the params'
+  row and are never dereferenced);
+* a **work table**, int32 ``[W, 2]``: one ``(tensor, chunk)`` row per program. Tensor ``i`` owns
+  ``max(1, ceil(numel_i / CHUNK))`` consecutive rows (an empty tensor still gets one, so per-tensor
+  outputs such as LAMB's norms are written for it too).
+
+Both are built on the host from the tensors' ``data_ptr`` values and kept by the caller. The table holds
+the list objects it was built from: a caller that replaces a list (a new moment tensor, a new param set)
+gets a new table (:meth:`MultiTensorTable.matches`), while lists are never mutated in place (the
+optimizer builds a new batch instead). The gradients change every step (``zero_grad(set_to_none=True)``
+frees them): :meth:`MultiTensorTable.refresh_grads` compares their ``data_ptr`` values and, only if they
+moved, rewrites that one row with a non-blocking copy. Building reads only host metadata (pointers,
+sizes): no device value is read, nothing waits for the device.
+
+Chunking follows apex's ``multi_tensor_apply`` (65536-element chunks on a GPU), without its argument
+size limit: the tables live in device memory, so the number of launches per step does not depend on
+the number of tensors. In a kernel, ``list_ptr`` turns a table entry into a typed pointer; when every
+address is 16-byte aligned (``ALIGNED``, checked here) it tells the compiler so, which lets it emit
+128-bit loads and stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from ._jit import device_jit
+
+from .dtypes import DT_BF16, DT_F16, DT_F32
+
+__all__ = ["LIST_PARAM", "LIST_GRAD", "LIST_EXP_AVG", "LIST_EXP_AVG_SQ", "LIST_MAX_EXP_AVG_SQ", "LIST_MASTER",
+           "NUM_LISTS", "MultiTensorTable", "build_table", "list_ptr", "work_item", "chunk_extent"]
+
+LIST_PARAM = tl.constexpr(0)
+LIST_GRAD = tl.constexpr(1)
+LIST_EXP_AVG = tl.constexpr(2)
+LIST_EXP_AVG_SQ = tl.constexpr(3)
+LIST_MAX_EXP_AVG_SQ = tl.constexpr(4)
+LIST_MASTER = tl.constexpr(5)
+NUM_LISTS = 6
+
+_ALIGN = 16
+
+
+def _ptrs(tensors: Sequence[torch.Tensor]) -> list[int]:
+    return [t.data_ptr() for t in tensors]
+
+
+def _aligned(ptrs: Sequence[int]) -> bool:
+    return all(p % _ALIGN == 0 for p in ptrs)
+
+
+@dataclass
+class MultiTensorTable:
+    """Device tables of one bucket (see the module docstring) and scratch buffers sized by them."""
+
+    n: int
+    chunk: int
+    n_work: int
+    max_chunks: int
+    ptrs: torch.Tensor           # int64 [NUM_LISTS, n]
+    numels: torch.Tensor         # int64 [n]
+    work: torch.Tensor           # int32 [n_work, 2] = (tensor, chunk)
+    first_work: torch.Tensor     # int32 [n]: first work row of each tensor
+    chunks: torch.Tensor         # int32 [n]: work rows of each tensor
+    lists: tuple                 # the lists the table was built from (kept alive: identity stays meaningful)
+    grad_ptrs: list[int]
+    aligned_static: bool
+    aligned_grads: bool
+    scratch: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def aligned(self) -> bool:
+        return self.aligned_static and self.aligned_grads
+
+    def matches(self, lists: Sequence[Sequence[torch.Tensor] | None], chunk: int) -> bool:
+        """Whether the table was built from these list objects (grads aside) with this chunk size."""
+        return chunk == self.chunk and len(lists) == len(self.lists) and all(
+            a is b for row, (a, b) in enumerate(zip(lists, self.lists)) if row != int(LIST_GRAD))
+
+    def refresh_grads(self, grads: Sequence[torch.Tensor]) -> None:
+        """Point the grad row at ``grads`` (a non-blocking host-to-device copy, only if they moved). The
+        caller guarantees shapes and dtypes (the optimizer checks every gradient before each step)."""
+        if len(grads) != self.n:
+            raise ValueError(f"grads has {len(grads)} tensors; the table has {self.n}")
+        ptrs = _ptrs(grads)
+        if ptrs == self.grad_ptrs:
+            return
+        self.ptrs[int(LIST_GRAD)].copy_(torch.tensor(ptrs, dtype=torch.int64), non_blocking=True)
+        self.grad_ptrs = ptrs
+        self.aligned_grads = _aligned(ptrs)
+
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A scratch tensor kept with the table (allocated once; its contents are not preserved)."""
+        buf = self.scratch.get(name)
+        if buf is None or tuple(buf.shape) != shape or buf.dtype != dtype:
+            buf = torch.empty(shape, dtype=dtype, device=self.ptrs.device)
+            self.scratch[name] = buf
+        return buf
+
+
+def build_table(lists: Sequence[Sequence[torch.Tensor] | None], chunk: int,
+                device: torch.device) -> MultiTensorTable:
+    """Tables for ``lists`` (indexed by the ``LIST_*`` rows; ``None`` for an absent list)."""
+    if len(lists) != NUM_LISTS:
+        raise ValueError(f"lists must have {NUM_LISTS} entries (LIST_* rows); got {len(lists)}")
+    params = lists[int(LIST_PARAM)]
+    n = len(params)
+    for row, lst in enumerate(lists):
+        if lst is not None and len(lst) != n:
+            raise ValueError(f"list {row} has {len(lst)} tensors; the params list has {n}")
+    rows = []
+    used: list[int] = []
+    for row, lst in enumerate(lists):
+        ptrs = _ptrs(lst if lst is not None else params)
+        rows.append(ptrs)
+        if lst is not None and row != int(LIST_GRAD):
+            used += ptrs
+    numels = [t.numel() for t in params]
+    work: list[int] = []
+    first: list[int] = []
+    counts: list[int] = []
+    for i, numel in enumerate(numels):
+        k = max(1, triton.cdiv(numel, chunk))
+        first.append(len(work) // 2)
+        counts.append(k)
+        for c in range(k):
+            work += (i, c)
+    if len(work) // 2 >= 2**31:
+        raise ValueError("too many chunks for one launch; use a larger chunk size")
+    ptr_table = torch.tensor(rows, dtype=torch.int64).reshape(NUM_LISTS, n)
+    host = [ptr_table, torch.tensor(numels, dtype=torch.int64), torch.tensor(work, dtype=torch.int32).reshape(-1, 2),
+            torch.tensor(first, dtype=torch.int32), torch.tensor(counts, dtype=torch.int32)]
+    if device.type != "cpu":
+        host = [t.to(device, non_blocking=True) for t in host]
+    grads = lists[int(LIST_GRAD)]
+    grad_ptrs = rows[int(LIST_GRAD)]
+    return MultiTensorTable(
+        n=n, chunk=chunk, n_work=len(work) // 2, max_chunks=max(counts, default=1),
+        ptrs=host[0], numels=host[1], work=host[2], first_work=host[3], chunks=host[4],
+        lists=tuple(lists),
+        grad_ptrs=grad_ptrs if grads is not None else [],
+        aligned_static=_aligned(used), aligned_grads=_aligned(grad_ptrs) if grads is not None else True,
+    )
+
+
+@device_jit
+def list_ptr(ptr_table, ROW: tl.constexpr, n_tensors, i, DT: tl.constexpr, ALIGNED: tl.constexpr):
+    """Typed pointer to the first element of tensor ``i`` of list ``ROW``."""
+    addr = tl.load(ptr_table + ROW * n_tensors + i)
+    # The cast is spelled out here rather than calling dtypes.typed_ptr: an alignment hint must sit on the
+    # op that makes the pointer (a hint on the int64, or on a call's result, is lost before the compiler's
+    # alignment analysis, and the loads stay scalar).
+    if DT == DT_F32:
+        ptr = addr.to(tl.pointer_type(tl.float32))
+    elif DT == DT_BF16:
+        ptr = addr.to(tl.pointer_type(tl.uint16))
+    elif DT == DT_F16:
+        ptr = addr.to(tl.pointer_type(tl.float16))
+    else:
+        ptr = addr.to(tl.pointer_type(tl.float64))
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
+
+
+@device_jit
+def work_item(work_ptr):
+    """This program's ``(tensor, chunk)``."""
+    pid = tl.program_id(0)
+    return tl.load(work_ptr + 2 * pid), tl.load(work_ptr + 2 * pid + 1)
+
+
+@device_jit
+def chunk_extent(numel, chunk, limit, CHUNK: tl.constexpr):
+    """``(start, n_local)``: the chunk's first element (int64) and how many of its elements lie below
+    ``min(numel, limit)`` (int32, 0 when ``limit`` is 0: a skipped step touches nothing)."""
+    start = chunk.to(tl.int64) * CHUNK
+    end = tl.minimum(numel, limit)
+    n_local = tl.minimum(tl.maximum(end - start, 0), CHUNK).to(tl.int32)
+    return start, n_local

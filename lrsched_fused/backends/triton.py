@@ -1,0 +1,286 @@
+"""The ``"triton"`` backend: multi-tensor Triton kernels (``lrsched_fused.kernels``) for CUDA tensors.
+
+Launches per step, whatever the number of tensors: AdamW one per bucket; LAMB three per bucket
+(stage 1, per-tensor reduction, stage 2) plus two for the global gradient norm when clipping; one
+``advance`` per optimizer. The schedule is evaluated inside each kernel from the device clock; nothing
+in a step reads a device value on the host, waits for the device, or allocates an amount that depends
+on device data, so a whole step can be captured in a CUDA graph.
+
+Per bucket, ``batch.cache`` keeps the pointer and work tables (:mod:`lrsched_fused.kernels.multi_tensor`),
+built from the tensors' ``data_ptr`` values; they are rebuilt when a list of the batch is replaced (the
+optimizer makes a new batch whenever params or state change), and when only the gradients moved
+(``zero_grad(set_to_none=True)``) one row is rewritten. Dtype combinations, flags and block sizes are
+compile-time constants; every value that changes from step to step (clock, steps, hyperparameters,
+``found_inf``, ``grad_scale``) reaches the kernels through device tensors, and the integer arguments are
+marked ``do_not_specialize``, so steps do not recompile.
+
+On CPU tensors this backend runs only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
+``lrsched_fused`` is imported): that is how the tests run it on machines without a GPU. There the
+defaults use one large block per chunk, since the interpreter pays per program, not per element.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Callable
+
+import torch
+
+from ._api import BackendUnavailable, StepContext, TensorBatch
+
+try:
+    import triton
+except ImportError as exc:  # pragma: no cover - exercised only where triton is missing
+    raise BackendUnavailable(f"backend 'triton' needs the triton package: {exc}") from exc
+
+from lrsched_fused.kernels import adamw as _adamw
+from lrsched_fused.kernels import advance as _advance
+from lrsched_fused.kernels import lamb as _lamb
+from lrsched_fused.kernels import layout as L
+from lrsched_fused.kernels import multi_tensor as _mt
+from lrsched_fused.kernels import norms as _norms
+from lrsched_fused.kernels import schedule as _schedule
+from lrsched_fused.kernels.dtypes import dtype_code
+from lrsched_fused.schedules import ScheduleTables
+
+__all__ = ["TritonBackend", "KERNEL_MODULES", "interpreting"]
+
+#: The modules whose ``*_kernel`` objects this backend launches (looked up at call time, so tests can
+#: wrap them to count launches).
+KERNEL_MODULES = (_adamw, _lamb, _norms, _advance, _schedule)
+
+_SUPPORTED = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_CACHE_KEY = "triton"
+
+
+_INTERPRETING = type(_adamw.adamw_kernel).__name__ == "InterpretedFunction"
+
+
+def interpreting() -> bool:
+    """Whether the kernels were defined under the Triton interpreter (``TRITON_INTERPRET=1`` was set when
+    ``lrsched_fused.kernels`` was first imported)."""
+    return _INTERPRETING
+
+
+def _on(device: torch.device):
+    """Launch context: Triton launches on the current CUDA device, which must be the tensors' device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _launches_on(device_of: Callable[..., torch.device]):
+    """Run the decorated method with the current CUDA device set to ``device_of(*args)``."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            with _on(device_of(*args, **kwargs)):
+                return method(self, *args, **kwargs)
+        return wrapper
+    return decorate
+
+
+def _batch_device(batch: TensorBatch, *args, **kwargs) -> torch.device:
+    return batch.params[0].device if len(batch) else torch.device("cpu")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+class TritonBackend:
+    """Multi-tensor Triton kernels.
+
+    Args:
+        chunk: elements per program (a power of two; default 65536 on a GPU as apex, 8192 under the
+            interpreter; env ``LRSCHED_TRITON_CHUNK``).
+        block: elements per inner iteration (a power of two dividing ``chunk``; default 2048 on a GPU,
+            ``chunk`` under the interpreter; env ``LRSCHED_TRITON_BLOCK``).
+        num_warps: warps per program (default 4; env ``LRSCHED_TRITON_WARPS``).
+    """
+
+    name = "triton"
+
+    def __init__(self, chunk: int | None = None, block: int | None = None, num_warps: int | None = None) -> None:
+        interp = interpreting()
+        chunk = chunk if chunk is not None else _env_int("LRSCHED_TRITON_CHUNK", 8192 if interp else 65536)
+        block = block if block is not None else _env_int("LRSCHED_TRITON_BLOCK", chunk if interp else 2048)
+        num_warps = num_warps if num_warps is not None else _env_int("LRSCHED_TRITON_WARPS", 4)
+        for label, value in (("chunk", chunk), ("block", block), ("num_warps", num_warps)):
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"{label} must be a power of two >= 1; got {value}")
+        if block > chunk or block < 16:
+            raise ValueError(f"block must be in [16, chunk={chunk}]; got {block}")
+        self.chunk, self.block, self.num_warps = chunk, block, num_warps
+
+    # -- availability ----------------------------------------------------------------------------------
+    def check(self, device: torch.device, param_dtype: torch.dtype, state_dtype: torch.dtype) -> None:
+        for label, dt in (("parameter", param_dtype), ("state", state_dtype)):
+            if dt not in _SUPPORTED:
+                raise BackendUnavailable(f"backend 'triton' supports float32, bfloat16, float16 and float64 "
+                                         f"{label}s; got {dt}")
+        device = torch.device(device)
+        if interpreting():
+            if device.type != "cpu":
+                raise BackendUnavailable(f"backend 'triton' under TRITON_INTERPRET=1 runs on CPU tensors only; got "
+                                         f"tensors on {device}")
+        elif device.type != "cuda":
+            raise BackendUnavailable(f"backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests); "
+                                     f"got tensors on {device}")
+
+    # -- tables ----------------------------------------------------------------------------------------
+    def _table(self, batch: TensorBatch) -> _mt.MultiTensorTable:
+        lists = [None] * _mt.NUM_LISTS
+        lists[int(_mt.LIST_PARAM)] = batch.params
+        lists[int(_mt.LIST_GRAD)] = batch.grads
+        lists[int(_mt.LIST_EXP_AVG)] = batch.exp_avgs
+        lists[int(_mt.LIST_EXP_AVG_SQ)] = batch.exp_avg_sqs
+        lists[int(_mt.LIST_MAX_EXP_AVG_SQ)] = batch.max_exp_avg_sqs
+        lists[int(_mt.LIST_MASTER)] = batch.master_params
+        table = batch.cache.get(_CACHE_KEY)
+        if table is None or not table.matches(lists, self.chunk):
+            self._validate(batch)
+            table = _mt.build_table(lists, self.chunk, batch.device)
+            batch.cache[_CACHE_KEY] = table
+        else:
+            table.refresh_grads(batch.grads)
+        return table
+
+    @staticmethod
+    def _validate(batch: TensorBatch) -> None:
+        """Shapes, dtypes, devices and contiguity of the lists (once per table build)."""
+        n = len(batch.params)
+        pdt, sdt, dev = batch.params[0].dtype, batch.exp_avgs[0].dtype, batch.params[0].device
+        checks = [("grads", batch.grads, pdt), ("exp_avgs", batch.exp_avgs, sdt),
+                  ("exp_avg_sqs", batch.exp_avg_sqs, sdt), ("params", batch.params, pdt)]
+        if batch.max_exp_avg_sqs is not None:
+            checks.append(("max_exp_avg_sqs", batch.max_exp_avg_sqs, sdt))
+        if batch.master_params is not None:
+            checks.append(("master_params", batch.master_params, torch.float32))
+        for label, lst, dt in checks:
+            if len(lst) != n:
+                raise ValueError(f"batch.{label} has {len(lst)} tensors; batch.params has {n}")
+            for k, (t, p) in enumerate(zip(lst, batch.params)):
+                if t.dtype != dt or t.device != dev or t.numel() != p.numel() or not t.is_contiguous():
+                    raise ValueError(f"batch.{label}[{k}] must be a contiguous {dt} tensor on {dev} with "
+                                     f"{p.numel()} elements; got {t.dtype} on {t.device}, {t.numel()} elements, "
+                                     f"contiguous={t.is_contiguous()}")
+
+    @staticmethod
+    def _scalars(table: _mt.MultiTensorTable, ctx: StepContext, clip_div: torch.Tensor | None = None):
+        """found_inf, grad_scale and clip_div as kernel arguments; an absent one is a dummy tensor that the
+        kernel (compiled with the matching HAS_* flag off) does not use."""
+        dummy = table.buffer("dummy", (1,), torch.float32)
+        found = ctx.found_inf.reshape(-1) if ctx.found_inf is not None else dummy
+        scale = ctx.grad_scale.reshape(-1) if ctx.grad_scale is not None else dummy
+        clip = clip_div.reshape(-1) if clip_div is not None else dummy
+        return found, scale, clip
+
+    @staticmethod
+    def _sched(ctx: StepContext):
+        tabs = ctx.sched
+        return (tabs.ints.contiguous(), tabs.floats.contiguous(), tabs.group_sched.contiguous(),
+                ctx.hparams.contiguous(), ctx.clock)
+
+    # -- AdamW -----------------------------------------------------------------------------------------
+    @_launches_on(_batch_device)
+    def adamw(self, batch: TensorBatch, ctx: StepContext, *, amsgrad: bool) -> None:
+        if len(batch) == 0:
+            return
+        if amsgrad and batch.max_exp_avg_sqs is None:
+            raise ValueError("amsgrad=True needs batch.max_exp_avg_sqs")
+        table = self._table(batch)
+        found, scale, _ = self._scalars(table, ctx)
+        ints, floats, gsched, hparams, clock = self._sched(ctx)
+        _adamw.adamw_kernel[(table.n_work,)](
+            table.ptrs, table.numels, table.work, batch.group_index, batch.steps,
+            ints, floats, gsched, hparams, clock, found, scale, table.n,
+            P_DT=dtype_code(batch.dtype), S_DT=dtype_code(batch.state_dtype), F64=batch.dtype == torch.float64,
+            MASTER=batch.master_params is not None, AMSGRAD=bool(amsgrad), HAS_SCALE=ctx.grad_scale is not None,
+            HAS_FOUND=ctx.found_inf is not None, ALIGNED=table.aligned, CHUNK=self.chunk, BLOCK=self.block,
+            PHASE_BLOCK=_schedule.phase_block(ctx.sched.max_rows), num_warps=self.num_warps)
+
+    # -- LAMB ------------------------------------------------------------------------------------------
+    @_launches_on(_batch_device)
+    def lamb(self, batch: TensorBatch, ctx: StepContext, *, norms_out: torch.Tensor,
+             clip_div: torch.Tensor | None, allreduce: Callable[[torch.Tensor], None] | None) -> None:
+        n = len(batch)
+        if n == 0:
+            return
+        if tuple(norms_out.shape) != (n, L.NORM_COLS) or norms_out.dtype != torch.float32:
+            raise ValueError(f"norms_out must be float32 of shape ({n}, {L.NORM_COLS}); got {norms_out.dtype} "
+                             f"{tuple(norms_out.shape)}")
+        table = self._table(batch)
+        found, scale, clip = self._scalars(table, ctx, clip_div)
+        ints, floats, gsched, hparams, clock = self._sched(ctx)
+        partials = table.buffer("lamb_partials", (table.n_work, 2), torch.float32)
+        sums = table.buffer("lamb_sums", (n, 2), torch.float32)
+        norms = norms_out if norms_out.is_contiguous() else table.buffer("lamb_norms", (n, L.NORM_COLS), torch.float32)
+        common = dict(P_DT=dtype_code(batch.dtype), S_DT=dtype_code(batch.state_dtype),
+                      F64=batch.dtype == torch.float64, MASTER=batch.master_params is not None,
+                      HAS_FOUND=ctx.found_inf is not None, ALIGNED=table.aligned, CHUNK=self.chunk, BLOCK=self.block,
+                      PHASE_BLOCK=_schedule.phase_block(ctx.sched.max_rows), num_warps=self.num_warps)
+        _lamb.lamb_stage1_kernel[(table.n_work,)](
+            table.ptrs, table.numels, table.work, batch.group_index, batch.steps,
+            ints, floats, gsched, hparams, clock, found, scale, clip, partials, table.n,
+            HAS_SCALE=ctx.grad_scale is not None, HAS_CLIP=clip_div is not None, **common)
+        tb, cb = 32, 64
+        _lamb.lamb_reduce_kernel[(triton.cdiv(n, tb),)](
+            partials, table.first_work, table.chunks, sums, n, triton.cdiv(table.max_chunks, cb), TB=tb, CB=cb,
+            num_warps=4)
+        if allreduce is not None:
+            allreduce(sums)
+        _lamb.lamb_stage2_kernel[(table.n_work,)](
+            table.ptrs, table.numels, table.work, batch.group_index, batch.steps,
+            ints, floats, gsched, hparams, clock, found, sums, norms, table.n, **common)
+        if norms is not norms_out:
+            norms_out.copy_(norms)
+
+    # -- the rest --------------------------------------------------------------------------------------
+    @_launches_on(_batch_device)
+    def grad_sumsq(self, batch: TensorBatch, ctx: StepContext) -> torch.Tensor:
+        out = torch.zeros((), dtype=torch.float32, device=batch.device if len(batch) else ctx.clock.device)
+        if len(batch) == 0:
+            return out
+        table = self._table(batch)
+        _, scale, _ = self._scalars(table, ctx)
+        partials = table.buffer("sumsq_partials", (table.n_work,), torch.float32)
+        _norms.grad_sumsq_kernel[(table.n_work,)](
+            table.ptrs, table.numels, table.work, scale, partials, table.n,
+            P_DT=dtype_code(batch.dtype), F64=batch.dtype == torch.float64, HAS_SCALE=ctx.grad_scale is not None,
+            ALIGNED=table.aligned, CHUNK=self.chunk, BLOCK=self.block, num_warps=self.num_warps)
+        _norms.sum_kernel[(1,)](partials, out, table.n_work, BLOCK=1024, num_warps=4)
+        return out
+
+    @_launches_on(lambda ctx, *args, **kwargs: ctx.clock.device)
+    def advance(self, ctx: StepContext, steps: torch.Tensor, lr_out: torch.Tensor,
+                tokens: torch.Tensor | None) -> None:
+        n_groups = ctx.hparams.shape[0]
+        if lr_out.numel() != n_groups or lr_out.dtype != torch.float32 or not lr_out.is_contiguous():
+            raise ValueError(f"lr_out must be a contiguous float32 tensor with {n_groups} elements; got "
+                             f"{lr_out.dtype} {tuple(lr_out.shape)}")
+        if steps.dtype != torch.float32 or not steps.is_contiguous():
+            raise ValueError(f"steps must be a contiguous float32 tensor; got {steps.dtype}")
+        if tokens is not None and (tokens.numel() != 1 or tokens.dtype != torch.int64):
+            raise ValueError(f"tokens must be a one-element int64 tensor; got {tokens.dtype} {tuple(tokens.shape)}")
+        ints, floats, gsched, hparams, clock = self._sched(ctx)
+        found = ctx.found_inf.reshape(-1) if ctx.found_inf is not None else lr_out  # dummy unless HAS_FOUND
+        _advance.advance_kernel[(1,)](
+            ints, floats, gsched, hparams, clock, found,
+            steps, lr_out, tokens if tokens is not None else clock, n_groups, steps.numel(),
+            HAS_FOUND=ctx.found_inf is not None, HAS_TOKENS=tokens is not None,
+            PHASE_BLOCK=_schedule.phase_block(ctx.sched.max_rows), BLOCK=1024, num_warps=4)
+
+    @_launches_on(lambda tables, t: t.device)
+    def evaluate_schedule(self, tables: ScheduleTables, t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(-1).to(torch.int64).contiguous()
+        out = torch.empty(t.numel(), dtype=torch.float32, device=t.device)
+        if t.numel() == 0:
+            return out
+        self.check(t.device, torch.float32, torch.float32)
+        block = 256
+        _schedule.evaluate_schedule_kernel[(triton.cdiv(t.numel(), block),)](
+            tables.ints.contiguous(), tables.floats.contiguous(), tables.group_sched.contiguous(), t, out, t.numel(),
+            PHASE_BLOCK=_schedule.phase_block(tables.max_rows), BLOCK=block, num_warps=4)
+        return out
