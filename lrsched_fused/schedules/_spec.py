@@ -10,7 +10,9 @@ length unless the phase was cut short, see :meth:`Schedule.truncate`), and the v
 .. math::  f(t) = v_0 + (v_1 - v_0)\\, w(p)
 
 with a shape weight ``w`` that is exactly 0 at ``p = 0`` (so every phase starts exactly at its start
-value) and 1 at ``p = 1``:
+value) and 1 at ``p = 1``. The result is clamped to ``[min(v0, v1), max(v0, v1)]``, which removes
+only the rounding of ``v1 - v0`` near ``p = 1`` (without it a decay could end an ulp below its
+``final_lr``); evaluators should do the same.
 
 ============  ==========================================  =====================================
 shape         ``w(p)``                                    source
@@ -35,6 +37,7 @@ three agree to float32 rounding (``tests/test_schedule_parity.py``).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -62,7 +65,8 @@ def _shape_name(shape: str, what: str = "shape") -> str:
 
 
 def _check_finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numbers.Real also admits numpy scalars (np.float32, np.int64); bools are rejected
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a finite real number; got {value!r}")
     value = float(value)
     if not math.isfinite(value):
@@ -72,7 +76,9 @@ def _check_finite(name: str, value: Any) -> float:
 
 def _check_count(name: str, value: Any, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy integers
+            value = int(value)
+        elif isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
             raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
@@ -180,9 +186,15 @@ class Phase:
         if self.shape == "constant" or self.span == 0:
             return self.start_value
         p = (t - start) / self.span
+        v0, v1 = self.start_value, self.end_value
         if self.shape == "exp":
-            return self.start_value * math.exp(p * math.log(self.end_value / self.start_value))
-        return self.start_value + (self.end_value - self.start_value) * self.weight(p)
+            value = v0 * math.exp(p * math.log(v1 / v0))
+        else:
+            value = v0 + (v1 - v0) * self.weight(p)
+        # v0 + (v1 - v0) w rounds (v1 - v0), so near p = 1 it can land an ulp outside [v0, v1] (below a
+        # final_lr); clamping to the endpoints removes only that rounding (it is monotone and leaves
+        # f(start) = v0 exact).
+        return min(max(value, min(v0, v1)), max(v0, v1))
 
     def describe(self) -> str:
         extra = {"rex": f", beta={self.a:g}", "poly": f", power={self.a:g}", "inv-sqrt": f", timescale={self.a:g}",
@@ -371,6 +383,10 @@ def _plain(obj: Any) -> Any:
         return [_plain(v) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
+    if isinstance(obj, numbers.Integral):  # numpy scalars
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
     return repr(obj)
 
 
