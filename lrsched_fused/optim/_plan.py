@@ -2,7 +2,7 @@
 
 Built on the first step and rebuilt only when the set of parameters with gradients, their storage, or
 the optimizer state changes (``load_state_dict``, ``add_param_group``, a state entry replaced by the
-user). Everything here is validated before any state is created or touched.
+user). Everything that goes into a plan is validated before any state is created or touched.
 """
 
 from __future__ import annotations
@@ -39,16 +39,28 @@ class Bucket:
     params: list[torch.Tensor]            # the optimizer's parameters (DTensors stay DTensors here)
     rows: slice                           # rows of this bucket in the plan's steps / norms buffers
     allreduce: Callable[[torch.Tensor], None] | None = None
+    has_dtensor: bool = False             # any parameter is a DTensor (found-inf flags agree across ranks)
+    group_rows: list[int] = field(default_factory=list)  # host copy of batch.group_index (no device reads)
 
 
 @dataclass
 class Plan:
+    """Everything a step reuses while the optimizer's parameters, gradients' presence and state stay the
+    same; ``FusedOptimizer._reusable_grads`` checks that cheaply at every step."""
+
     device: torch.device
-    key: tuple                            # identity of params, their storage and their grads' presence
-    order: list[torch.Tensor]             # params in row order (telemetry rows follow it)
-    states: list[dict]                    # the state dict object of each param, for change detection
+    order: list[torch.Tensor]             # params with gradients in row order (buckets back to back)
+    states: list[dict]                    # the state dict object of each param in `order`
     step_views: list[torch.Tensor]        # state["step"] of each param: views into `steps`
+    state_tensors: list[tuple[str, list]] # (key, [state[key] of each param in `order`, or None])
     steps: torch.Tensor                   # float32 [n]: per-param update counts
     buckets: list[Bucket]
     primary: Backend                      # runs `advance` for the whole optimizer
+    all_params: list[torch.Tensor]        # every param of every group, in group order
+    has_grad: list[bool]                  # which of `all_params` had a gradient
+    order_index: list[int]                # position in `all_params` of each param in `order`
+    order_group: list[int]                # param group of each param in `order`
+    flags: list[tuple]                    # each group's options that select state tensors (amsgrad)
+    param_ptrs: list[int]                 # data_ptr of each (local) param in `order`
+    has_dtensor: bool = False
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,101 +1,139 @@
-"""Argument checks shared by the optimizers: each raises ``ValueError`` naming the argument and its range."""
+"""Argument checks shared by the optimizers.
+
+Each check raises ``ValueError`` naming the argument and its allowed range (and the value it got), and
+returns the normalised value. None of them touches a tensor's data: they run before any state changes.
+"""
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from lrsched_fused.schedules import Schedule
 
 __all__ = ["check_lr", "check_betas", "check_eps", "check_weight_decay", "check_bool", "check_trust_clip",
-           "check_positive_or_none", "check_lr_scale", "as_schedule"]
+           "check_positive_or_none", "check_lr_scale", "check_count", "as_schedule", "MAX_CLOCK"]
+
+#: Largest clock value (steps or tokens) the int64 device clock holds with headroom (as the schedules).
+MAX_CLOCK = 2**62
 
 
-def _real(name: str, value: Any) -> float:
+def _real(name: str, value: Any, allowed: str) -> float:
+    """``value`` as a Python float; ``ValueError`` (naming ``name`` and ``allowed``) for anything else."""
     if hasattr(value, "numel") and hasattr(value, "item"):
-        raise ValueError(f"{name} must be a Python float, not a tensor (lr and hyperparameters live on the device "
-                         "already; pass a schedule from lrsched_fused.schedules to vary the lr)")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a real number; got {value!r}")
+        raise ValueError(f"{name} must be {allowed} as a Python number, not a tensor (the optimizer keeps lr and "
+                         "hyperparameters on the device itself; pass a schedule from lrsched_fused.schedules to "
+                         f"vary the lr); got a {type(value).__name__}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
     value = float(value)
     if math.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
+        raise ValueError(f"{name} must be {allowed}; got nan")
     return value
 
 
 def as_schedule(value: Any) -> Schedule | None:
-    """A Schedule from a Schedule or its plain-data dict; ``None`` for anything else."""
+    """A Schedule from a Schedule or its plain-data dict (``Schedule.to_dict()``); ``None`` for anything
+    else. A dict that looks like schedule data but is not valid raises ``ValueError`` naming the field."""
     if isinstance(value, Schedule):
         return value
     if isinstance(value, dict) and "phases" in value:
-        return Schedule.from_dict(value)
+        try:
+            return Schedule.from_dict(value)
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"schedule data is not valid Schedule.to_dict() data: {exc}") from None
     return None
 
 
 def check_lr(value: Any, name: str = "lr") -> float | Schedule:
-    """A float ``>= 0`` (finite) or a :class:`Schedule` (or its dict form)."""
+    """A finite float ``>= 0`` or a :class:`Schedule` (or its dict form)."""
     sched = as_schedule(value)
     if sched is not None:
         return sched
-    lr = _real(name, value)
+    allowed = "a finite float >= 0 or a schedule from lrsched_fused.schedules"
+    lr = _real(name, value, allowed)
     if not (math.isfinite(lr) and lr >= 0.0):
-        raise ValueError(f"{name} must be a finite float >= 0 or a schedule from lrsched_fused.schedules; got {value!r}")
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
     return lr
 
 
 def check_lr_scale(value: Any, name: str = "lr_scale") -> float:
-    scale = _real(name, value)
+    """A finite float ``>= 0`` multiplying the group's lr (or schedule)."""
+    allowed = "a finite float >= 0"
+    scale = _real(name, value, allowed)
     if not (math.isfinite(scale) and scale >= 0.0):
-        raise ValueError(f"{name} must be a finite float >= 0; got {value!r}")
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
     return scale
 
 
 def check_betas(value: Any, name: str = "betas") -> tuple[float, float]:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
+    """A pair ``(beta1, beta2)``, each in ``[0, 1)``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(f"{name} must be a pair (beta1, beta2) with each in [0, 1); got {value!r}")
-    b1, b2 = (_real(f"{name}[{i}]", b) for i, b in enumerate(value))
-    for i, b in enumerate((b1, b2)):
-        if not 0.0 <= b < 1.0:
-            raise ValueError(f"{name}[{i}] must be in [0, 1); got {b!r}")
-    return (b1, b2)
+    out = []
+    for i, b in enumerate(value):
+        beta = _real(f"{name}[{i}]", b, "a float in [0, 1)")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"{name}[{i}] must be a float in [0, 1); got {b!r}")
+        out.append(beta)
+    return (out[0], out[1])
 
 
 def check_eps(value: Any, name: str = "eps") -> float:
-    eps = _real(name, value)
+    """A finite float ``> 0``."""
+    allowed = "a finite float > 0"
+    eps = _real(name, value, allowed)
     if not (math.isfinite(eps) and eps > 0.0):
-        raise ValueError(f"{name} must be a finite float > 0; got {value!r}")
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
     return eps
 
 
 def check_weight_decay(value: Any, name: str = "weight_decay") -> float:
-    wd = _real(name, value)
+    """A finite float ``>= 0``."""
+    allowed = "a finite float >= 0"
+    wd = _real(name, value, allowed)
     if not (math.isfinite(wd) and wd >= 0.0):
-        raise ValueError(f"{name} must be a finite float >= 0; got {value!r}")
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
     return wd
 
 
 def check_bool(value: Any, name: str) -> bool:
+    """``True`` or ``False`` (not 0/1, not a tensor)."""
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False; got {value!r}")
     return value
 
 
 def check_trust_clip(value: Any, name: str = "trust_clip") -> tuple[float, float] | None:
-    """``None`` (no clamp) or ``(min, max)`` with ``0 <= min <= max`` (``max`` may be ``inf``)."""
+    """``None`` (no clamp) or ``(min, max)`` with ``0 <= min <= max`` (``min`` finite, ``max`` may be ``inf``)."""
+    allowed = "None or a pair (min, max) with 0 <= min <= max (min finite, max may be inf)"
     if value is None:
         return None
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"{name} must be None or a pair (min, max) with 0 <= min <= max; got {value!r}")
-    lo, hi = _real(f"{name}[0]", value[0]), _real(f"{name}[1]", value[1])
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+    lo, hi = _real(f"{name}[0]", value[0], allowed), _real(f"{name}[1]", value[1], allowed)
     if not (math.isfinite(lo) and lo >= 0.0 and hi >= lo):
-        raise ValueError(f"{name} must be None or a pair (min, max) with 0 <= min <= max; got {value!r}")
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
     return (lo, hi)
 
 
 def check_positive_or_none(value: Any, name: str) -> float | None:
+    """``None`` (off) or a finite float ``> 0``."""
+    allowed = "None (off) or a finite float > 0"
     if value is None:
         return None
-    x = _real(name, value)
+    x = _real(name, value, allowed)
     if not (math.isfinite(x) and x > 0.0):
-        raise ValueError(f"{name} must be None (off) or a finite float > 0; got {value!r}")
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
     return x
+
+
+def check_count(value: Any, name: str, *, maximum: int = MAX_CLOCK) -> int:
+    """A Python int in ``[0, maximum]`` (clock values, token counts)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int in [0, {maximum}]; got {value!r}")
+    value = int(value)
+    if not 0 <= value <= maximum:
+        raise ValueError(f"{name} must be an int in [0, {maximum}]; got {value}")
+    return value

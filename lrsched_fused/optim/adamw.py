@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-import torch
-
 from lrsched_fused.backends import StepContext
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import Schedule
@@ -51,7 +49,21 @@ class FusedAdamW(FusedOptimizer):
 
     State per parameter (torch's layout for fp32/fp64 params): ``step`` (0-d float32 on the
     parameter's device), ``exp_avg``, ``exp_avg_sq`` and, with amsgrad, ``max_exp_avg_sq``.
+
+    Checkpoints: ``state_dict()`` adds the schedules (plain data in each group), the device clock and the
+    options, and loads with ``torch.load(weights_only=True)``; ``load_state_dict`` takes it back on any
+    device (the checkpoint's hyperparameters, schedule and clock win) or a ``torch.optim.AdamW`` state dict.
+    ``torch.optim.AdamW`` loads ours; :func:`lrsched_fused.optim._state.torch_scheduler_for` positions a
+    torch scheduler at the clock, :func:`~lrsched_fused.optim._state.clock_from_torch_scheduler` and
+    :meth:`set_clock` go the other way.
+
+    Non-finite gradients: with a ``torch.amp.GradScaler`` the scaler's ``found_inf`` skips the update and
+    the clock, and its scale is divided out in the kernel (``p.grad`` keeps the scaled values, unlike
+    torch's fused AdamW, which writes the unscaled gradients back). Without a scaler they are applied
+    (default, as torch) unless ``skip_nonfinite=True``.
     """
+
+    _extra_moment_keys = ("max_exp_avg_sq",)
 
     def __init__(self, params: Iterable, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
@@ -85,16 +97,13 @@ class FusedAdamW(FusedOptimizer):
         return row
 
     def _bucket_flags(self, group: dict) -> tuple:
-        return (group["amsgrad"],)
+        return (group.get("amsgrad", False),)  # validated with the group before any use
 
     def _wants_max(self, bucket_key: tuple) -> bool:
         return bool(bucket_key[3])
 
-    def _init_extra_state(self, p: torch.Tensor, state: dict, group: dict, state_dtype: torch.dtype) -> None:
-        if group["amsgrad"] and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
-        elif "max_exp_avg_sq" in state and state["max_exp_avg_sq"].dtype != state_dtype:
-            state["max_exp_avg_sq"] = state["max_exp_avg_sq"].to(dtype=state_dtype)
+    def _extra_keys_for(self, group: dict) -> tuple[str, ...]:
+        return ("max_exp_avg_sq",) if group["amsgrad"] else ()
 
     def _update(self, plan: Plan, ctx: StepContext) -> None:
         for bucket in plan.buckets:

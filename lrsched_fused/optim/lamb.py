@@ -44,13 +44,15 @@ class FusedLAMB(FusedOptimizer):
             ``decoupled_decay``). Per group.
         max_grad_norm: ``None`` (off) or ``> 0``: divide every gradient by ``max(1, ||g||/max_grad_norm)``
             with ``||g||`` the global norm over all parameters (across shards), computed on the device.
-            ``p.grad`` is not modified.
+            ``p.grad`` is not modified. A hyperparameter: ``load_state_dict`` restores the checkpoint's.
         backend, skip_nonfinite, master_weights, state_dtype: as :class:`FusedAdamW`.
 
     After a step, ``telemetry()`` holds per-tensor ``param_norm``, ``update_norm`` and ``trust_ratio``
     (device tensors, no sync). ``docs/lamb_variants.md`` maps apex FusedLAMB, DeepSpeed FusedLamb and
     timm Lamb settings onto these options.
     """
+
+    _checkpoint_options = {"max_grad_norm": check_positive_or_none}
 
     def __init__(self, params: Iterable, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.01, *, bias_correction: bool = True,
@@ -89,23 +91,29 @@ class FusedLAMB(FusedOptimizer):
 
     def _on_plan_built(self, plan: Plan) -> None:
         self._norms = torch.zeros(len(plan.order), L.NORM_COLS, dtype=torch.float32, device=plan.device)
-        self._extra_telemetry = {"param_norm": self._norms[:, L.NORM_PARAM], "update_norm": self._norms[:, L.NORM_UPDATE],
+        self._extra_telemetry = {"param_norm": self._norms[:, L.NORM_PARAM],
+                                 "update_norm": self._norms[:, L.NORM_UPDATE],
                                  "trust_ratio": self._norms[:, L.NORM_RATIO]}
 
+    def _check_buckets(self, buckets: list[list[torch.Tensor]]) -> None:
+        if self._options.get("max_grad_norm") is not None:
+            from ._distributed import check_global_norm_reducible
+
+            check_global_norm_reducible(buckets)
+
     def _clip_div(self, plan: Plan, ctx: StepContext) -> torch.Tensor | None:
+        """``max(1, ||g|| / max_grad_norm)`` with ``||g||`` over every gradient (whole tensors, across shards)."""
         max_norm = self._options.get("max_grad_norm")
         if max_norm is None:
             return None
-        total = torch.zeros((), dtype=torch.float32, device=plan.device)
-        sharded = None
-        for bucket in plan.buckets:
-            total = total + bucket.backend.grad_sumsq(bucket.batch, ctx).reshape(())
-            if bucket.allreduce is not None:
-                sharded = bucket.allreduce
-        if sharded is not None:
-            total = total.reshape(1)
-            sharded(total)
-        grad_norm = total.reshape(()).sqrt()
+        totals = torch.stack([bucket.backend.grad_sumsq(bucket.batch, ctx).reshape(()).to(torch.float32)
+                              for bucket in plan.buckets])
+        reducers = [bucket.allreduce for bucket in plan.buckets]
+        if any(r is not None for r in reducers):
+            from ._distributed import reduce_bucket_sums
+
+            reduce_bucket_sums(totals, reducers)  # sharded buckets summed over their shards; whole ones once
+        grad_norm = totals.sum().sqrt()
         self._extra_telemetry["grad_norm"] = grad_norm
         return torch.clamp(grad_norm / max_norm, min=1.0).reshape(1)
 

@@ -1,0 +1,383 @@
+"""Checkpoints of :class:`FusedAdamW` / :class:`FusedLAMB`, and conversion to and from torch optimizers.
+
+``optimizer.state_dict()`` is torch's layout plus one entry, all plain data (tensors, numbers, strings,
+lists, dicts), so it survives ``torch.load(weights_only=True)``::
+
+    {"state": {param_id: {"step": float32 0-d tensor,          # updates applied to this parameter
+                          "exp_avg": ..., "exp_avg_sq": ...,     # moments, in the optimizer's state dtype
+                          ["max_exp_avg_sq"], ["master_param"]}},
+     "param_groups": [{"lr": float, "schedule": Schedule.to_dict() data or None, "lr_scale": float,
+                       "clock": [updates applied, tokens consumed] or None (a copy in every group),
+                       <hyperparameters>, "params": [param ids]}],
+     "lrsched_fused": {"format": STATE_FORMAT_VERSION,
+                       "clock": int64 [2] (updates applied, tokens consumed) or None (no step yet),
+                       "options": {"backend": ..., "skip_nonfinite": ..., "master_weights": ...,
+                                   "state_dtype": ..., ["max_grad_norm"]}}}
+
+The clock is also written into every param group because ``torch.distributed.checkpoint``
+(``get_optimizer_state_dict``) keeps only ``state`` and ``param_groups``; the top-level entry wins when
+both are there. ``torch.optim.AdamW`` loads the state dict as it is (it reads ``state`` and
+``param_groups`` and keeps unknown group keys); :func:`torch_scheduler_for` then positions a torch
+scheduler at the clock (and drops the group copies of the clock, which a torch optimizer would not
+advance). A torch AdamW state dict (fused or not) loads into ``FusedAdamW``: its groups carry no
+schedules (a group of the loading optimizer that has one keeps it) and the step clock is the largest
+per-parameter ``step`` (the token clock is then unknown: 0, with a warning if a schedule counts tokens).
+A group clock behind the largest ``step`` is stale (the state came back from a torch optimizer that
+trained on): the steps win, with a warning.
+
+Loading validates everything first (:func:`prepare_load` builds the new groups, state and clock without
+touching the optimizer) and raises ``ValueError`` naming the group, the parameter and the entry that do
+not fit; only then does the optimizer adopt them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from copy import deepcopy
+from dataclasses import dataclass, field
+import warnings
+from typing import Any, Sequence
+
+import torch
+
+from lrsched_fused.kernels import layout as L
+from lrsched_fused.schedules import LRScheduler, Schedule
+
+from ._plan import is_dtensor, local
+from ._validate import MAX_CLOCK, as_schedule, check_count
+
+__all__ = ["STATE_FORMAT_VERSION", "EXTRA_KEY", "GROUP_CLOCK_KEY", "LoadedState", "prepare_load", "pack_extra",
+           "clock_to_plain", "describe_param",
+           "torch_scheduler_for", "clock_from_torch_scheduler"]
+
+#: Version of the ``"lrsched_fused"`` entry of the state dict.
+STATE_FORMAT_VERSION = 1
+#: Key of that entry.
+EXTRA_KEY = "lrsched_fused"
+#: Key of the clock copy in each saved param group (see the module docstring).
+GROUP_CLOCK_KEY = "clock"
+
+
+@dataclass
+class LoadedState:
+    """What :func:`prepare_load` hands the optimizer to adopt (nothing of it is shared with the input)."""
+
+    groups: list[dict]
+    state: defaultdict
+    clock: torch.Tensor
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def describe_param(group: Mapping, gi: int, index: int, p: torch.Tensor | None = None) -> str:
+    """``param_groups[gi]['params'][index]`` plus its name (named parameters), shape and dtype."""
+    where = f"param_groups[{gi}]['params'][{index}]"
+    names = group.get("param_names") if isinstance(group, Mapping) else None
+    if isinstance(names, (list, tuple)) and index < len(names):
+        where += f" ({names[index]!r})"
+    if isinstance(p, torch.Tensor):
+        where += f" of shape {tuple(local(p).shape)} and dtype {str(p.dtype).replace('torch.', '')}"
+    return where
+
+
+def clock_to_plain(clock: torch.Tensor | None) -> list[int] | None:
+    """The clock as ``[steps, tokens]`` Python ints (one host read), ``None`` before the first step."""
+    return None if clock is None else [int(v) for v in clock.detach().to("cpu").tolist()]
+
+
+def pack_extra(clock: torch.Tensor | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``"lrsched_fused"`` entry: format version, clock copy, options as plain data."""
+    return {
+        "format": STATE_FORMAT_VERSION,
+        "clock": None if clock is None else clock.detach().clone(),
+        "options": {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in options.items()},
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------------
+def _number(value: Any, what: str) -> Any:
+    """A one-element tensor hyperparameter of a torch state dict (torch allows tensor lr / betas) as a
+    float; everything else unchanged (validated later)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"{what} must be a number or a one-element real tensor; got a tensor of shape "
+                             f"{tuple(value.shape)}")
+        return float(value.detach().reshape(()).to("cpu"))
+    return value
+
+
+def _loaded_group(opt, gi: int, current: dict, saved: Any, ours: bool) -> dict:
+    """The param group ``gi`` after loading ``saved`` (validated, normalised, params from ``current``)."""
+    where = f"loaded param_groups[{gi}]"
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), (list, tuple)):
+        raise ValueError(f"{where} must be a dict with a 'params' list")
+    new = {k: deepcopy(v) for k, v in saved.items() if k not in ("params", GROUP_CLOCK_KEY)}
+    if "lr" in new:
+        new["lr"] = _number(new["lr"], f"{where}['lr']")
+    if isinstance(new.get("betas"), (list, tuple)):
+        new["betas"] = tuple(_number(b, f"{where}['betas']") for b in new["betas"])
+    if ours:
+        new.setdefault("schedule", None)
+    elif current.get("schedule") is not None:
+        # a torch state dict has no schedules: this optimizer's schedule keeps driving the group
+        new["schedule"], new["lr"] = deepcopy(current["schedule"]), current["lr"]
+    else:
+        new["schedule"] = None
+    if not ours and "lr_scale" not in new:
+        new["lr_scale"] = current.get("lr_scale", 1.0)
+    for name, default in opt.defaults.items():
+        if name != "params":
+            new.setdefault(name, deepcopy(default))
+    try:
+        opt._normalise_group(new, explicit_lr=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    new["params"] = current["params"]
+    if "param_names" in current and "param_names" not in new:
+        new["param_names"] = current["param_names"]
+    return new
+
+
+def _state_tensor(value: Any, where: str, key: str, shape: torch.Size, device: torch.device,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """A moment-like state entry checked against its parameter and moved to ``device`` / ``dtype``
+    (always a new, contiguous tensor: the checkpoint's tensors are never aliased)."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"state[{key!r}] of {where} must be a tensor; got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise ValueError(f"state[{key!r}] of {where} must be a floating-point tensor; got {value.dtype}")
+    if tuple(local(value).shape) != tuple(shape):
+        raise ValueError(f"state[{key!r}] of {where} has shape {tuple(local(value).shape)} but the parameter has "
+                         f"shape {tuple(shape)}: the state does not fit the model")
+    if is_dtensor(value):
+        return value.to(dtype=dtype)
+    return value.detach().to(device=device, dtype=dtype, copy=True).contiguous()
+
+
+def _step_value(value: Any, where: str) -> torch.Tensor:
+    """``state["step"]`` of a checkpoint as a 0-d float32 tensor where it is (torch may hold it on the CPU,
+    as a 1-element tensor, or, in old checkpoints, as a Python number)."""
+    if isinstance(value, bool) or not isinstance(value, (torch.Tensor, int, float)):
+        raise ValueError(f"state['step'] of {where} must be a tensor or a number; got {type(value).__name__}")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"state['step'] of {where} must hold one real number; got a tensor of shape "
+                             f"{tuple(value.shape)}")
+        value = value.detach()
+    return torch.as_tensor(value).reshape(()).to(torch.float32)
+
+
+def _check_steps(steps: list[torch.Tensor], wheres: list[str]) -> int:
+    """Each step must be a whole number in ``[0, 2**62]``; returns the largest (0 if none). One host read
+    per device the checkpoint's steps are on."""
+    if not steps:
+        return 0
+    by_device: dict[torch.device, list[int]] = {}
+    for i, s in enumerate(steps):
+        by_device.setdefault(s.device, []).append(i)
+    values = [0.0] * len(steps)
+    for device, indices in by_device.items():
+        for i, v in zip(indices, torch.stack([steps[i] for i in indices]).double().cpu().tolist()):
+            values[i] = v
+    for i, v in enumerate(values):
+        if not (math.isfinite(v) and 0 <= v <= MAX_CLOCK and v == round(v)):
+            raise ValueError(f"state['step'] of {wheres[i]} must be a whole number of updates >= 0; got {v!r}")
+    return int(max(values))
+
+
+def _clock_values(clock: Any, what: str) -> list[int]:
+    t = torch.as_tensor(clock)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or tuple(t.shape) != (L.NUM_CLOCKS,):
+        raise ValueError(f"{what} must be an int64 tensor (or list of ints) of shape [{L.NUM_CLOCKS}] (updates "
+                         f"applied, tokens consumed); got {t.dtype} of shape {tuple(t.shape)}")
+    values = t.detach().to("cpu").tolist()
+    for name, v in zip(("steps", "tokens"), values):
+        check_count(v, f"{what} ({name})")
+    return values
+
+
+def _loaded_clock(extra: Mapping | None, saved_groups: Sequence, new_groups: Sequence[dict], max_step: int,
+                  device: torch.device) -> torch.Tensor:
+    """The clock to adopt: the top-level entry, else the groups' copies, else derived from the steps."""
+    values = None
+    if extra is not None and "clock" in extra:
+        clock = extra["clock"]
+        values = [0] * L.NUM_CLOCKS if clock is None else _clock_values(clock, "the checkpoint's clock")
+    elif all(isinstance(g, Mapping) and GROUP_CLOCK_KEY in g for g in saved_groups) and saved_groups:
+        copies = [None if g[GROUP_CLOCK_KEY] is None else
+                  _clock_values(g[GROUP_CLOCK_KEY], f"loaded param_groups[{gi}]['{GROUP_CLOCK_KEY}']")
+                  for gi, g in enumerate(saved_groups)]
+        if any(c != copies[0] for c in copies):
+            raise ValueError(f"the loaded param groups hold different clocks {copies}; they are copies of one clock")
+        values = [0] * L.NUM_CLOCKS if copies[0] is None else copies[0]
+        if max_step > values[L.CLOCK_STEPS]:
+            warnings.warn(f"the param groups' clock ({values[L.CLOCK_STEPS]} updates) is behind the largest per-"
+                          f"parameter step ({max_step}): the state was trained on by another optimizer after it "
+                          f"was written; using {max_step}", RuntimeWarning, stacklevel=4)
+            values = [max_step, values[L.CLOCK_TOKENS]]
+    if values is None:
+        values = [max_step, 0]
+        if any(isinstance(g.get("schedule"), Mapping) and g["schedule"].get("unit") == "tokens" for g in new_groups):
+            warnings.warn("the loaded state dict has no clock (a torch optimizer's): the step clock is the largest "
+                          "per-parameter step, the token clock starts at 0; set it with opt.set_clock(tokens=...)",
+                          RuntimeWarning, stacklevel=4)
+    return torch.tensor(values, dtype=torch.int64).to(device)
+
+
+def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
+    """Validate ``state_dict`` against ``opt`` (a FusedOptimizer) and build what loading it produces.
+
+    Nothing of ``opt`` changes here. Raises ``ValueError`` naming what does not fit.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"state_dict must be a dict; got {type(state_dict).__name__}")
+    saved_state, saved_groups = state_dict.get("state"), state_dict.get("param_groups")
+    if not isinstance(saved_state, Mapping) or not isinstance(saved_groups, (list, tuple)):
+        raise ValueError("state_dict must have 'state' (dict) and 'param_groups' (list) entries, as "
+                         "optimizer.state_dict() returns")
+    extra = state_dict.get(EXTRA_KEY)
+    ours = extra is not None
+    if ours:
+        if not isinstance(extra, Mapping):
+            raise ValueError(f"state_dict[{EXTRA_KEY!r}] must be a dict")
+        if extra.get("format") != STATE_FORMAT_VERSION:
+            raise ValueError(f"state_dict[{EXTRA_KEY!r}]['format'] must be {STATE_FORMAT_VERSION} (this version of "
+                             f"lrsched_fused); got {extra.get('format')!r}")
+    # our groups always carry "schedule" (also through DCP, which drops the top-level entry)
+    ours_groups = ours or (bool(saved_groups) and all(isinstance(g, Mapping) and "schedule" in g for g in saved_groups))
+    groups = opt.param_groups
+    if len(groups) != len(saved_groups):
+        raise ValueError(f"the loaded state dict has {len(saved_groups)} param groups; this optimizer has "
+                         f"{len(groups)}")
+    new_groups = [_loaded_group(opt, gi, g, sg, ours_groups) for gi, (g, sg) in enumerate(zip(groups, saved_groups))]
+    where_of: dict[Any, tuple[int, int, torch.Tensor]] = {}
+    for gi, (g, sg) in enumerate(zip(groups, saved_groups)):
+        if len(g["params"]) != len(sg["params"]):
+            raise ValueError(f"loaded param_groups[{gi}] has {len(sg['params'])} params; this optimizer's has "
+                             f"{len(g['params'])}")
+        for index, (pid, p) in enumerate(zip(sg["params"], g["params"])):
+            if pid in where_of:
+                raise ValueError(f"loaded param_groups[{gi}] lists param id {pid!r} a second time")
+            where_of[pid] = (gi, index, p)
+    unknown = [k for k in saved_state if k not in where_of]
+    if unknown:
+        raise ValueError(f"the loaded state has entries for param ids {unknown[:5]!r} that no loaded param group lists")
+
+    device = local(groups[0]["params"][0]).device if groups and groups[0]["params"] else torch.device("cpu")
+    state: defaultdict = defaultdict(dict)
+    steps, step_wheres = [], []
+    for pid, st in saved_state.items():
+        gi, index, p = where_of[pid]
+        where = describe_param(new_groups[gi], gi, index, p)
+        if not isinstance(st, Mapping):
+            raise ValueError(f"the loaded state of {where} must be a dict; got {type(st).__name__}")
+        if not st:
+            continue
+        missing = [k for k in ("step",) + tuple(opt._moment_keys) if k not in st]
+        if missing:
+            raise ValueError(f"the loaded state of {where} lacks {missing}")
+        pdev, shape, sdt = local(p).device, local(p).shape, opt._state_dtype_for(p)
+        new: dict[str, Any] = {}
+        for k, v in st.items():
+            if k == "step":
+                step = _step_value(v, where)
+                new[k] = step.to(device=pdev, copy=True)
+                steps.append(step)
+                step_wheres.append(where)
+            elif k in opt._moment_keys or k in opt._extra_moment_keys:
+                new[k] = _state_tensor(v, where, k, shape, pdev, sdt)
+            elif k == "master_param":
+                new[k] = _state_tensor(v, where, k, shape, pdev, torch.float32)
+            elif isinstance(v, torch.Tensor):
+                new[k] = v.detach().to(device=pdev, copy=True)
+            else:
+                new[k] = deepcopy(v)
+        state[p] = new
+    max_step = _check_steps(steps, step_wheres)
+    clock = _loaded_clock(extra if ours else None, saved_groups, new_groups, max_step, device)
+    options = _loaded_options(opt, extra.get("options") or {}) if ours else {}
+    return LoadedState(groups=new_groups, state=state, clock=clock, options=options)
+
+
+def _loaded_options(opt, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options that are hyperparameters (``opt._checkpoint_options``, e.g. LAMB's ``max_grad_norm``):
+    the checkpoint's value wins, as for the param groups' hyperparameters. Runtime choices (backend,
+    skip_nonfinite, master_weights, state_dtype) stay with the loading optimizer."""
+    if not isinstance(options, Mapping):
+        raise ValueError(f"state_dict[{EXTRA_KEY!r}]['options'] must be a dict")
+    out = {}
+    for name, check in opt._checkpoint_options.items():
+        if name in options:
+            out[name] = check(options[name], f"the checkpoint's option {name}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# torch schedulers <-> the clock
+# ----------------------------------------------------------------------------------------------------
+def _source_groups_and_clock(source) -> tuple[list[Mapping], int]:
+    if isinstance(source, torch.optim.Optimizer) and hasattr(source, "clock"):
+        clock = source.clock
+        steps = 0 if clock is None else int(clock[L.CLOCK_STEPS])
+        return list(source.param_groups), steps
+    if isinstance(source, Mapping) and "param_groups" in source:
+        groups = list(source["param_groups"])
+        extra = source.get(EXTRA_KEY)
+        if isinstance(extra, Mapping) and "clock" in extra:
+            clock = extra["clock"]
+        else:
+            clock = groups[0].get(GROUP_CLOCK_KEY) if groups and isinstance(groups[0], Mapping) else None
+        steps = 0 if clock is None else _clock_values(clock, "the source's clock")[L.CLOCK_STEPS]
+        return groups, steps
+    raise ValueError("source must be a FusedAdamW / FusedLAMB or its state_dict(); got "
+                     f"{type(source).__name__}")
+
+
+def torch_scheduler_for(optimizer: torch.optim.Optimizer, source) -> LRScheduler:
+    """A torch scheduler that makes ``optimizer`` (any ``torch.optim`` optimizer, e.g. ``torch.optim.AdamW``
+    after ``load_state_dict(fused.state_dict())``) continue the lr of ``source`` (a ``FusedAdamW`` /
+    ``FusedLAMB`` or its ``state_dict()``).
+
+    The fused optimizer's next update uses ``lr = lr_scale * schedule(c)`` with ``c`` its step clock; a
+    torch scheduler whose ``last_epoch`` is ``c`` sets the same lr (it has stepped ``c`` times: torch's
+    scheduler sets ``schedule(last_epoch)`` for the coming update, and the first update uses
+    ``schedule(0)``). So this returns ``lrsched_fused.schedules.LRScheduler(optimizer, schedules,
+    last_epoch=c - 1)`` (its constructor steps once), with ``initial_lr`` filled in as torch requires when
+    resuming. A group without a schedule keeps a constant lr (``constant(group["lr"])``). Call
+    ``scheduler.step()`` after each ``optimizer.step()`` as usual.
+
+    Raises ``ValueError`` when a group's schedule counts tokens (a torch scheduler steps once per update:
+    no position corresponds to a token clock) or the group counts differ.
+    """
+    from lrsched_fused.schedules import constant
+
+    groups, clock = _source_groups_and_clock(source)
+    if len(groups) != len(optimizer.param_groups):
+        raise ValueError(f"source has {len(groups)} param groups; optimizer has {len(optimizer.param_groups)}")
+    scheds: list[Schedule] = []
+    for gi, g in enumerate(groups):
+        sched = as_schedule(g.get("schedule"))
+        if sched is None:
+            sched = constant(float(g["lr"]))
+        if sched.unit != "steps":
+            raise ValueError(f"param_groups[{gi}]'s schedule counts {sched.unit}; a torch scheduler steps once per "
+                             "update, so only schedules over steps convert")
+        scheds.append(sched)
+    for g, src, sched in zip(optimizer.param_groups, groups, scheds):
+        g["lr_scale"] = float(src.get("lr_scale", 1.0))
+        g.setdefault("initial_lr", sched.peak)
+        g.pop(GROUP_CLOCK_KEY, None)  # a torch optimizer does not advance it: drop the stale copy
+    return LRScheduler(optimizer, scheds, last_epoch=clock - 1)
+
+
+def clock_from_torch_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler) -> int:
+    """The step clock matching a torch scheduler's position: ``scheduler.last_epoch`` (the number of
+    ``scheduler.step()`` calls after its construction step, i.e. of updates applied when the scheduler is
+    stepped once per update, as torch prescribes). Pass it to ``FusedOptimizer.set_clock(steps=...)``."""
+    last = getattr(scheduler, "last_epoch", None)
+    if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+        raise ValueError(f"scheduler.last_epoch must be an int >= 0 (a constructed torch scheduler); got {last!r}")
+    return last
