@@ -5,6 +5,8 @@
 
 from . import schedules
 from ._version import __version__
-from .optim import FusedAdamW, FusedLAMB, default_no_decay, param_groups
+from .optim import (FusedAdamW, FusedLAMB, clock_from_torch_scheduler, default_no_decay, param_groups,
+                    torch_scheduler_for)
 
-__all__ = ["FusedAdamW", "FusedLAMB", "param_groups", "default_no_decay", "schedules", "__version__"]
+__all__ = ["FusedAdamW", "FusedLAMB", "param_groups", "default_no_decay", "torch_scheduler_for",
+           "clock_from_torch_scheduler", "schedules", "__version__"]

@@ -68,6 +68,9 @@ def available_backends() -> dict[str, str | None]:
             out[name] = None
         except BackendUnavailable as exc:
             out[name] = str(exc)
+    if out["triton"] is None and not torch.cuda.is_available() and not _interpreting():
+        out["triton"] = ("triton is installed but there is no CUDA device (CPU tensors need TRITON_INTERPRET=1 set "
+                         "before import; tests only)")
     return out
 
 

@@ -30,6 +30,11 @@ LAMB (You et al., arXiv 1904.00962 v5, Algorithm 2, with the options of ``FusedL
             1 if either norm is 0 or the group has adapt = 0, then clamped to [trust_min, trust_max]
     p = w - lr * ratio * u
 
+Moments are stored in the state dtype (rounded to nearest even for bf16/fp16 states). For fp32/fp64
+states every backend gives the same update up to float rounding; with 16-bit states a backend may form
+``r`` from the fresh moments (as torch's fused kernels do: the reference and the C++ backend) or from the
+stored ones (the Triton LAMB, whose second stage re-reads them), which differ by the state's rounding.
+
 When ``found_inf`` is given and nonzero, nothing is written (params, moments, steps, clock) except
 telemetry. Low-precision parameters with fp32 master weights update the master copy and write the
 param rounded to nearest even.

@@ -1,7 +1,11 @@
-"""The optimizers: :class:`FusedAdamW`, :class:`FusedLAMB`, and :func:`param_groups`."""
+"""The optimizers: :class:`FusedAdamW`, :class:`FusedLAMB`, :func:`param_groups`, and the helpers that
+move a run between these optimizers and torch's (:func:`torch_scheduler_for`,
+:func:`clock_from_torch_scheduler`)."""
 
 from ._groups import default_no_decay, param_groups
+from ._state import clock_from_torch_scheduler, torch_scheduler_for
 from .adamw import FusedAdamW
 from .lamb import FusedLAMB
 
-__all__ = ["FusedAdamW", "FusedLAMB", "param_groups", "default_no_decay"]
+__all__ = ["FusedAdamW", "FusedLAMB", "param_groups", "default_no_decay", "torch_scheduler_for",
+           "clock_from_torch_scheduler"]

@@ -34,7 +34,10 @@ def _build(node: ast.AST, constructors: Mapping[str, Callable[..., Schedule]]) -
             raise ValueError(f"unknown schedule constructor {name!r}; use one of {', '.join(sorted(constructors))}")
         args = [_build(a, constructors) for a in node.args]
         kwargs = {kw.arg: _build(kw.value, constructors) for kw in node.keywords if kw.arg}
-        return constructors[name](*args, **kwargs)
+        try:
+            return constructors[name](*args, **kwargs)
+        except TypeError as exc:  # wrong keyword or argument count: a user error in the text
+            raise ValueError(f"{name}(...): {exc}") from None
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_build(e, constructors) for e in node.elts]
     try:

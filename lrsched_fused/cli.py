@@ -1,0 +1,190 @@
+"""Command line: ``lrsched-fused <command>`` or ``python -m lrsched_fused <command>``.
+
+Commands:
+  demo   train a small causal LM with FusedLAMB + WSD and with torch AdamW + cosine; compare
+  plot   draw schedules given as text, print their values at the phase edges
+  info   version, which optimizer backends can run here (and why not), torch/triton versions, threads
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from dataclasses import replace
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+_EXAMPLE = 'wsd(peak_lr=3e-4, total_steps=10000, warmup_steps=500, decay_fraction=0.2)'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrsched-fused", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,plot,info}")
+
+    demo = sub.add_parser("demo", help="FusedLAMB + WSD vs torch AdamW + cosine on a small causal LM",
+                          description="Train a ~1M-parameter byte-level causal transformer twice with the same "
+                                      "budget, init and data order: FusedLAMB + WSD (schedule in the optimizer) and "
+                                      "torch AdamW + a cosine LambdaLR. Prints a loss table per schedule phase and "
+                                      "the optimizer-step times, writes demo.png, table.md and runs.json.")
+    demo.add_argument("--quick", action="store_true",
+                      help="small model, 80 steps, less data: well under a minute on 2 cores (CI)")
+    demo.add_argument("--steps", type=int, default=None, help="updates per run (default 250; --quick 80)")
+    demo.add_argument("--warmup", type=int, default=None, help="warmup updates (default: 10%% of --steps)")
+    demo.add_argument("--batch-size", type=int, default=None, help="windows per step (default 64; --quick 32)")
+    demo.add_argument("--data", metavar="FILE", default=None,
+                      help="train on this file (raw bytes) instead of the Python standard library's sources")
+    demo.add_argument("--out", metavar="DIR", default="demo_out", help="output directory (default: demo_out)")
+    demo.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda[:N]")
+    demo.add_argument("--backend", default="auto",
+                      help="FusedLAMB backend: auto, cpu, triton, cuda, reference (default auto)")
+    demo.add_argument("--adamw-impl", choices=("fused", "foreach", "for-loop"), default="fused",
+                      help="torch AdamW implementation of the baseline (default fused, torch's fastest)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
+    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    demo.add_argument("--lamb-lr", type=float, default=None, help="FusedLAMB peak lr (default 2e-2)")
+    demo.add_argument("--adamw-lr", type=float, default=None, help="AdamW peak lr (default 2e-3)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    plot = sub.add_parser("plot", help="plot schedules and print their values at the phase edges",
+                          description="Plot one or more schedules, each written as a constructor call of "
+                                      "lrsched_fused.schedules, e.g.\n  lrsched-fused plot "
+                                      f"\"{_EXAMPLE}\" -o wsd.png",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    plot.add_argument("schedules", nargs="*", metavar="SCHEDULE",
+                      help="constructor call: constant, linear, cosine, wsd, rex, power, infinite, rewarm, tabulated")
+    plot.add_argument("-o", "--output", default="schedule.png", help="image file (default: schedule.png)")
+    plot.add_argument("--title", default=None, help="figure title")
+    plot.add_argument("--log", action="store_true", help="logarithmic lr axis")
+    plot.add_argument("--gallery", action="store_true",
+                      help="draw every schedule family in one figure (the README's docs/img/schedules.png)")
+
+    sub.add_parser("info", help="version, available backends (and why not), torch/triton, threads")
+    return parser
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from lrsched_fused import plot as P
+    from lrsched_fused import schedules as S
+
+    if args.gallery:
+        if args.schedules:
+            raise ValueError("give either --gallery or schedules, not both")
+        print(f"wrote {P.gallery(args.output)}")
+        return 0
+    if not args.schedules:
+        raise ValueError(f"give at least one schedule, e.g. \"{_EXAMPLE}\"")
+    scheds = []
+    for text in args.schedules:
+        try:
+            scheds.append(S.parse(text))
+        except TypeError as exc:  # a constructor called with a wrong or missing argument
+            raise ValueError(f"{text!r}: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
+    for sched in scheds:
+        print(repr(sched))
+        print(P.edge_table(sched))
+    path = P.plot_schedules(scheds, args.output, title=args.title, log_y=args.log)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cpu_isa_note() -> str:
+    """`` (ISA: avx512)`` from the C++ extension, or nothing if it does not say."""
+    try:
+        from lrsched_fused import _cpu  # type: ignore[attr-defined]
+
+        return f" (instruction set in use: {_cpu.isa()})"
+    except Exception:  # the note is optional; the backend's availability is reported either way
+        return ""
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    import lrsched_fused
+    from lrsched_fused.backends import available_backends
+
+    print(f"lrsched-fused {lrsched_fused.__version__}  ({lrsched_fused.__file__.rsplit('/', 2)[0]})")
+    print(f"python {platform.python_version()} on {platform.system()} {platform.machine()}")
+    cuda = torch.version.cuda or "none"
+    print(f"torch {torch.__version__} (CUDA build: {cuda}; CUDA device: "
+          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'})")
+    try:
+        import triton
+
+        print(f"triton {triton.__version__}")
+    except ImportError as exc:
+        print(f"triton: not installed ({exc})")
+    print(f"threads: torch {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op")
+    print("backends:")
+    for name, reason in available_backends().items():
+        note = ""
+        if reason is None and name == "triton" and not torch.cuda.is_available():
+            note = " (interpreter: TRITON_INTERPRET=1)"
+        elif reason is None and name == "cpu":
+            note = _cpu_isa_note()
+        print(f"  {name:<10} {'available' + note if reason is None else 'unavailable: ' + reason}")
+    from lrsched_fused.demo.recipes import resolved_backend
+
+    for dev in ("cpu",) + (("cuda",) if torch.cuda.is_available() else ()):
+        print(f"backend='auto' on {dev} tensors -> {resolved_backend('auto', torch.device(dev))!r}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from lrsched_fused.demo import DemoConfig, quick_config, run_demo
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1; got {args.threads}")
+        torch.set_num_threads(args.threads)
+    cfg = quick_config() if args.quick else DemoConfig()
+    hyper = cfg.hyper
+    steps = hyper.steps if args.steps is None else args.steps
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"--steps must be >= 1; got {steps}")
+    warmup = args.warmup if args.warmup is not None else (hyper.warmup if args.steps is None else steps // 10)
+    changes = dict(steps=steps, warmup=warmup, backend=args.backend, adamw_impl=args.adamw_impl)
+    if args.lamb_lr is not None:
+        changes["lamb_lr"] = args.lamb_lr
+    if args.adamw_lr is not None:
+        changes["adamw_lr"] = args.adamw_lr
+    cfg = replace(cfg, hyper=replace(hyper, **changes), data=args.data, out_dir=args.out, device=args.device,
+                  seed=args.seed, progress=not args.no_progress,
+                  batch_size=cfg.batch_size if args.batch_size is None else args.batch_size)
+    run_demo(cfg)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lrsched-fused`` console script and ``python -m lrsched_fused``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from lrsched_fused import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"demo": _cmd_demo, "plot": _cmd_plot, "info": _cmd_info}[args.command]
+    try:
+        return handler(args)
+    except ValueError as exc:
+        print(f"lrsched-fused {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

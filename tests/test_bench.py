@@ -1,0 +1,201 @@
+"""The benchmark runner (``python -m bench.run``): end to end in its quick mode, and its parts.
+
+The end-to-end test runs the real command in a subprocess on tiny sizes and checks the CSV it appends:
+one row per (case, implementation) requested, finite positive timings with p20 <= median <= p80, the
+bytes counted per implementation, ratios consistent with the medians, and the floor at 100% of itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `bench` is a top-level directory of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bench import impls as I  # noqa: E402
+from bench.report import COLUMNS  # noqa: E402
+from bench.targets import check_targets  # noqa: E402
+from bench.timing import interleaved, strides, summarize  # noqa: E402
+from bench.workloads import Case, bytes_per_param, layout_name, parse_count, tensor_sizes  # noqa: E402
+
+from helpers import have_backend  # noqa: E402
+
+HAVE_PYOPT = importlib.util.find_spec("pytorch_optimizer") is not None
+
+
+def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------------
+# end to end
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.cpu_ext
+@pytest.mark.skipif(not have_backend("cpu"), reason="the C++ extension is not built")
+def test_quick_run_writes_a_row_per_case_and_implementation(tmp_path):
+    out = tmp_path / "results.csv"
+    adamw = ["ours", "ours-kernel", "reference", "torch-fused", "torch-foreach", "torch-forloop", "floor"]
+    lamb = ["ours", "ours-kernel", "reference", "floor"] + (["pyopt"] if HAVE_PYOPT else [])
+    names = list(dict.fromkeys(adamw + lamb))
+    sizes, tensors, dtypes = [20_000], [7, 250], ["fp32", "bf16"]
+    proc = _run(["--quick", "--no-progress", "--csv", str(out), "--impls", ",".join(names), "--sizes", "20K",
+                 "--tensors", "7,250", "--dtypes", "fp32,bf16", "--threads", "1", "--repeats", "3", "--warmup", "1"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with out.open() as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == COLUMNS
+        rows = list(reader)
+    expected = {(op, name, n, t, d) for n in sizes for t in tensors for d in dtypes
+                for op, names_ in (("adamw", adamw), ("lamb", lamb)) for name in names_}
+    got = [(r["op"], r["implementation"], int(r["params"]), int(r["tensors"]), r["dtype"]) for r in rows]
+    assert sorted(got) == sorted(expected)  # every requested implementation, once per case
+    for r in rows:
+        med, p20, p80 = float(r["median_ms"]), float(r["p20_ms"]), float(r["p80_ms"])
+        assert all(math.isfinite(x) and x > 0 for x in (med, p20, p80)), r
+        assert p20 <= med <= p80, r
+        assert int(r["repeats"]) == 3 and r["threads"] == "1" and r["device"] == "cpu"
+        assert float(r["GB_s"]) > 0 and float(r["floor_frac"]) > 0
+        assert r["layout"] == layout_name(int(r["tensors"]))
+    by = {(r["op"], r["implementation"], r["tensors"], r["dtype"]): r for r in rows}
+    for t in ("7", "250"):
+        fp32_ours = by[("adamw", "ours", t, "fp32")]
+        assert int(fp32_ours["bytes_per_param"]) == 28
+        assert int(by[("lamb", "ours", t, "fp32")]["bytes_per_param"]) == 40
+        assert int(by[("adamw", "ours", t, "bf16")]["bytes_per_param"]) == 22   # fp32 moments
+        assert int(by[("adamw", "torch-fused", t, "bf16")]["bytes_per_param"]) == 14  # torch: bf16 moments
+        assert by[("adamw", "torch-fused", t, "bf16")]["state_dtype"] == "bf16"
+        ratio = float(fp32_ours["median_ms"]) / float(by[("adamw", "torch-fused", t, "fp32")]["median_ms"])
+        assert float(fp32_ours["ratio_vs_torch_fused"]) == pytest.approx(ratio, rel=1e-3, abs=1e-4)
+        lamb_ours = by[("lamb", "ours", t, "fp32")]
+        ratio = float(lamb_ours["median_ms"]) / float(fp32_ours["median_ms"])
+        assert float(lamb_ours["ratio_vs_ours_adamw"]) == pytest.approx(ratio, rel=1e-3, abs=1e-4)
+        assert float(by[("adamw", "floor", t, "fp32")]["floor_frac"]) == pytest.approx(1.0)
+    assert "issue-5 targets" not in proc.stdout or "not measured" in proc.stdout
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--impls", "ours,no-such-impl"], "no-such-impl"),
+    (["--sizes", "10", "--tensors", "50"], "--tensors 50"),
+    (["--repeats", "0"], "--repeats"),
+    (["--dtypes", "fp8"], "fp8"),
+], ids=["unknown-impl", "more-tensors-than-params", "zero-repeats", "unknown-dtype"])
+def test_bad_arguments_are_rejected(argv, message, capsys):
+    from bench.run import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--quick", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# parts
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("params,tensors", [(1_000, 1), (1_000_000, 50), (10_000, 2000), (2000, 2000)],
+                         ids=lambda x: str(x))
+def test_tensor_sizes_sum_to_params(params, tensors):
+    sizes = tensor_sizes(params, tensors)
+    assert len(sizes) == tensors and sum(sizes) == params and min(sizes) >= 1
+    assert sizes == tensor_sizes(params, tensors)  # deterministic
+
+
+def test_mixed_layout_spans_decades_and_small_layout_is_even():
+    mixed = tensor_sizes(10_000_000, 50)
+    assert max(mixed) / min(mixed) > 50
+    small = tensor_sizes(10_000_000, 2000)
+    assert max(small) / min(small) < 3.5
+
+
+@pytest.mark.parametrize("text,value", [("50M", 50_000_000), ("1e6", 1_000_000), ("200k", 200_000), ("7", 7),
+                                        ("1.5M", 1_500_000)])
+def test_parse_count(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "0", "-3", "1.5", "ten"])
+def test_parse_count_rejects(text):
+    with pytest.raises(ValueError):
+        parse_count(text)
+
+
+def test_bytes_per_param_counts():
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert bytes_per_param("adamw", f32, f32) == 28
+    assert bytes_per_param("adamw", bf16, f32) == 22
+    assert bytes_per_param("adamw", bf16, bf16) == 14
+    assert bytes_per_param("lamb", f32, f32) == 40
+    assert bytes_per_param("lamb", bf16, f32) == 32
+
+
+def test_floor_moves_the_same_bytes_as_our_step():
+    case = Case(1_000_000, 50, "fp32", 1)
+    assert I._floor_elems("adamw", case) * 12 >= 28 * case.params > (I._floor_elems("adamw", case) - 1) * 12
+    assert I._floor_elems("lamb", case) * 12 >= 40 * case.params
+
+
+def test_summarize_percentiles():
+    st = summarize([float(x) for x in range(1, 11)])
+    assert (st.median_ms, st.p20_ms, st.p80_ms, st.repeats) == (5.5, 2.8, 8.2, 10)
+
+
+def test_interleaved_calls_each_once_per_round_in_varying_order_and_skips_warmup():
+    calls: list[str] = []
+    steps = {k: (lambda k=k: calls.append(k)) for k in "abcd"}
+    times = interleaved(steps, repeats=6, warmup=2, seed=1)
+    rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert len(rounds) == 8 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # the order changes between rounds
+    assert {k: len(v) for k, v in times.items()} == {k: 6 for k in "abcd"}
+    assert all(t >= 0 for v in times.values() for t in v)
+    calls.clear()
+    interleaved(steps, repeats=6, warmup=2, seed=1)
+    assert [calls[i:i + 4] for i in range(0, len(calls), 4)] == rounds  # seeded: repeatable
+
+
+def test_budget_thins_only_slow_functions_and_keeps_min_samples():
+    first = {"fast": 0.01, "slow": 2.0, "medium": 0.5}
+    k = strides(first, repeats=15, budget_s=30.0, min_samples=5)   # share: 10 s each
+    assert k["fast"] == 1 and k["medium"] == 1                     # 15 x 0.5 s fits in 10 s
+    assert k["slow"] > 1 and len(range(0, 15, k["slow"])) >= 5     # 15 x 2 s does not: >= 5 calls
+    assert strides(first, repeats=15, budget_s=None, min_samples=5) == {"fast": 1, "slow": 1, "medium": 1}
+    calls: list[str] = []
+    slow = {"a": lambda: calls.append("a"), "b": lambda: (calls.append("b"), time.sleep(0.02))}
+    times = interleaved(slow, repeats=10, warmup=2, budget_s=0.1, min_samples=3)
+    assert len(times["a"]) == 10 and 3 <= len(times["b"]) < 10
+    assert calls.count("b") == 1 + len(times["b"])  # thinned: no second warm-up call
+
+
+def _row(op, impl, params, tensors, threads, median, **extra):
+    row = {"op": op, "implementation": impl, "params": params, "tensors": tensors, "dtype": "fp32",
+           "threads": threads, "median_ms": median, "ratio_vs_torch_fused": "", "ratio_vs_ours_adamw": "",
+           "floor_frac": "", "GB_s": 0.0, "bytes_per_param": 28}
+    row.update(extra)
+    return row
+
+
+def test_targets_met_and_not_met():
+    rows = [_row("adamw", "ours", 50_000_000, 50, 2, 30.0, ratio_vs_torch_fused=1.02, floor_frac=0.95),
+            _row("adamw", "ours", 10_000_000, 2000, 2, 9.0, ratio_vs_torch_fused=1.3),
+            _row("lamb", "ours", 50_000_000, 50, 2, 50.0, ratio_vs_ours_adamw=1.67),
+            _row("lamb", "pyopt", 50_000_000, 50, 2, 400.0)]
+    status = {c.target: c.met for c in check_targets(rows)}
+    assert status["AdamW fp32 50M/50, 2 threads: ours <= 1.05x torch fused"] is True
+    assert status["AdamW fp32 50M/50, 2 threads: ours >= 90% of the in-place-add floor"] is True
+    assert status["AdamW fp32 10M/2000, 2 threads: ours <= 1.05x torch fused"] is False
+    assert status["LAMB fp32 50M/50, 2 threads: ours <= 1.6x our AdamW"] is False
+    assert status["LAMB fp32 50M/50, 2 threads: >= 5x faster than pytorch-optimizer Lamb"] is True
+
+
+def test_targets_not_measured_without_rows():
+    assert all(c.met is None for c in check_targets([]))

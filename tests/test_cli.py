@@ -1,0 +1,147 @@
+"""The command line: ``plot`` (image + edge values), parse errors, ``info``, and the module entry point."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+
+import pytest
+
+from lrsched_fused import schedules as S
+from lrsched_fused.cli import main
+from lrsched_fused.plot import edge_table, sample_points
+
+needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                                      reason="matplotlib not installed (pip install 'lrsched-fused[plot]')")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+WSD = "wsd(peak_lr=3e-4, total_steps=10000, warmup_steps=500, decay_fraction=0.2)"
+
+
+def _edge_rows(text: str) -> dict[int, float]:
+    """``{step: lr}`` parsed from the edge table lines ``  <step>  <lr>  <phase>``."""
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"^\s+([\d,]+)\s+([-+0-9.e]+)\s", line + " ")
+        if m:
+            rows[int(m.group(1).replace(",", ""))] = float(m.group(2))
+    return rows
+
+
+@needs_matplotlib
+def test_plot_writes_png_and_prints_wsd_edge_values(tmp_path, capsys):
+    out = tmp_path / "wsd.png"
+    assert main(["plot", WSD, "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    printed = capsys.readouterr().out
+    # warmup ends at 500, the decay (20% of 10000 = 2000 steps) starts at 8000, the run ends at 10000
+    assert _edge_rows(printed) == {0: 0.0, 500: 3e-4, 8000: 3e-4, 10000: 0.0}
+    assert f"wrote {out}" in printed
+
+
+@needs_matplotlib
+def test_plot_several_schedules_in_one_figure(tmp_path, capsys):
+    out = tmp_path / "two.png"
+    cos = "cosine(peak_lr=1e-3, total_steps=200, warmup_steps=20, final_lr=1e-4)"
+    assert main(["plot", WSD, cos, "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    printed = capsys.readouterr().out
+    assert printed.count("from here") == 2  # one edge table per schedule
+    assert "cosine(peak_lr=0.001" in printed and "wsd(peak_lr=0.0003" in printed
+
+
+def test_edge_table_values_equal_the_reference_evaluator():
+    sched = S.infinite(peak_lr=1.0, total_steps=1000, warmup_steps=50, cooldown_steps=200, constant_lr=0.4,
+                       anneal_steps=150, final_lr=0.02)
+    rows = _edge_rows(edge_table(sched))
+    assert sorted(rows) == list(sched.edges)
+    for step, value in rows.items():
+        assert value == pytest.approx(sched(step), rel=1e-5, abs=1e-12)
+
+
+def test_sample_points_include_every_edge_and_its_left_neighbour():
+    sched = S.wsd(peak_lr=1.0, total_steps=10_007, warmup_steps=13, decay_steps=999)
+    ts = sample_points(sched, points=50)
+    assert ts == sorted(set(ts)) and ts[0] == 0
+    for e in sched.edges:
+        assert e in ts and max(0, e - 1) in ts
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("wsd(peak_lr=3e-4", "could not parse"),
+    ("wsd(peak=3e-4, total_steps=10)", "unexpected keyword argument 'peak'"),
+    ("nosuch(lr=1)", "unknown schedule constructor 'nosuch'"),
+    ("wsd(peak_lr=3e-4, total_steps=100, warmup_steps=50, decay_fraction=0.8)", "total_steps"),
+    ("cosine(peak_lr=-1.0, total_steps=10)", "peak_lr"),
+    ("cosine(peak_lr=x, total_steps=10)", "literals"),
+], ids=["unclosed-paren", "wrong-keyword", "unknown-constructor", "decay-overlaps-warmup", "negative-lr",
+        "non-literal-argument"])
+def test_plot_parse_errors_are_clear_and_exit_2(tmp_path, capsys, text, needle):
+    out = tmp_path / "x.png"
+    assert main(["plot", text, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrsched-fused plot: error: ")
+    assert needle in err
+    assert not out.exists()
+
+
+def test_plot_without_schedule_is_an_error(capsys):
+    assert main(["plot"]) == 2
+    assert "give at least one schedule" in capsys.readouterr().err
+
+
+@needs_matplotlib
+def test_plot_gallery_draws_every_constructor(tmp_path, capsys):
+    from lrsched_fused.plot import GALLERY
+
+    names = {text.split("(", 1)[0] for _, entries in GALLERY for _, text in entries}
+    assert names >= set(S.CONSTRUCTORS)
+    out = tmp_path / "gallery.png"
+    assert main(["plot", "--gallery", "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_info_lists_every_backend_with_a_reason(capsys):
+    from lrsched_fused import __version__
+    from lrsched_fused.backends import BACKENDS, available_backends
+
+    assert main(["info"]) == 0
+    printed = capsys.readouterr().out
+    assert f"lrsched-fused {__version__}" in printed
+    assert "torch " in printed and "threads:" in printed
+    avail = available_backends()
+    for name in BACKENDS:
+        line = next(ln for ln in printed.splitlines() if ln.startswith(f"  {name} "))
+        assert ("unavailable: " in line) == (avail[name] is not None), line
+    assert "backend='auto' on cpu tensors ->" in printed
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "demo" in capsys.readouterr().out
+
+
+def test_version_flag(capsys):
+    from lrsched_fused import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == __version__
+
+
+@needs_matplotlib
+def test_python_dash_m_entry_point_runs(tmp_path):
+    out = tmp_path / "m.png"
+    proc = subprocess.run([sys.executable, "-m", "lrsched_fused", "plot", "constant(0.1)", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "0.1" in proc.stdout and out.exists()
+
+
+def test_demo_rejects_bad_flags_before_training(capsys, tmp_path):
+    assert main(["demo", "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path),
+                 "--no-progress"]) == 2
+    assert "--data" in capsys.readouterr().err
