@@ -44,10 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--adamw-impl", choices=("fused", "foreach", "for-loop"), default="fused",
                       help="torch AdamW implementation of the baseline (default fused, torch's fastest)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
-    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    demo.add_argument("--threads", type=int, default=None,
+                      help="torch CPU threads per process (default: torch's choice; with --distributed, "
+                           "cores / processes on this machine, at least 1)")
     demo.add_argument("--lamb-lr", type=float, default=None, help="FusedLAMB peak lr (default 2e-2)")
     demo.add_argument("--adamw-lr", type=float, default=None, help="AdamW peak lr (default 2e-3)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument("--distributed", choices=("ddp", "fsdp"), default=None,
+                      help="data parallel across the processes of `torchrun --nproc-per-node N -m lrsched_fused "
+                           "demo ...` (CPU, gloo): the same global batch, split between the processes")
+    demo.add_argument("--compare", metavar="RUNS_JSON", default=None,
+                      help="check the per-step losses against an earlier run of the same settings (its runs.json, "
+                           "e.g. the single-process one): exit status 1 unless the first 20 steps agree to 1e-5 "
+                           "relative; the whole-run differences (fp32 rounding drift) are printed too")
 
     plot = sub.add_parser("plot", help="plot schedules and print their values at the phase edges",
                           description="Plot one or more schedules, each written as a constructor call of "
@@ -137,14 +146,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import torch
-
     from lrsched_fused.demo import DemoConfig, quick_config, run_demo
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1; got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1; got {args.threads}")
     cfg = quick_config() if args.quick else DemoConfig()
     hyper = cfg.hyper
     steps = hyper.steps if args.steps is None else args.steps
@@ -158,9 +163,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         changes["adamw_lr"] = args.adamw_lr
     cfg = replace(cfg, hyper=replace(hyper, **changes), data=args.data, out_dir=args.out, device=args.device,
                   seed=args.seed, progress=not args.no_progress,
-                  batch_size=cfg.batch_size if args.batch_size is None else args.batch_size)
-    run_demo(cfg)
-    return 0
+                  batch_size=cfg.batch_size if args.batch_size is None else args.batch_size,
+                  distributed=args.distributed, threads=args.threads, compare=args.compare)
+    result = run_demo(cfg)
+    return 0 if result.matches else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

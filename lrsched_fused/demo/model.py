@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ModelConfig", "TinyCausalLM"]
+__all__ = ["ModelConfig", "TinyCausalLM", "next_token_loss"]
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,17 @@ class TinyCausalLM(nn.Module):
         return self.ln_out(x) @ self.tok.weight.t()
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self(inputs)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return next_token_loss(self, inputs, targets)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def next_token_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats) of ``model(inputs)`` against ``targets``.
+
+    Goes through ``model.__call__``, so it works on a wrapped model too (DDP averages gradients and FSDP2
+    gathers parameters only in a forward through the wrapper).
+    """
+    logits = model(inputs)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))

@@ -1,7 +1,8 @@
 """The demo's training loop: one function, any optimizer set-up (a :data:`RecipeFactory`).
 
-``train`` knows nothing about which optimizer it drives; the distributed variant of the demo wraps the
-model (DDP / FSDP2) before calling it and passes a ``BatchStream`` shard and a ``reduce`` hook.
+``train`` knows nothing about which optimizer it drives; the distributed demo (:mod:`.distributed`) wraps
+the model (DDP / FSDP2) before calling it and passes a ``BatchStream`` shard, a ``reduce`` hook that
+averages losses over the ranks and a ``loss_fn`` that goes through the wrapper.
 """
 
 from __future__ import annotations
@@ -53,15 +54,25 @@ class RunResult:
         return 1e3 * xs[len(xs) // 2]
 
 
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _default_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return model.loss(x, y)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Mean loss of ``model.loss`` over ``batches`` (``reduce`` averages across ranks when given)."""
+             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, loss_fn: LossFn | None = None) -> float:
+    """Mean of ``loss_fn(model, x, y)`` (default ``model.loss(x, y)``) over ``batches``; ``reduce`` averages
+    it across ranks when given (every rank must call this: the reduction, and FSDP2's forward, are
+    collectives)."""
+    loss_fn = loss_fn or _default_loss
     was_training = model.training
     model.eval()
     total, count = None, 0
     for x, y in batches:
-        loss = model.loss(x, y).detach()
+        loss = loss_fn(model, x, y).detach()
         total = loss if total is None else total + loss
         count += 1
     model.train(was_training)
@@ -79,20 +90,21 @@ def _sync(device: torch.device) -> None:
 def train(model: torch.nn.Module, make_recipe: RecipeFactory, stream: BatchStream, steps: int, *,
           val_batches: list[tuple[torch.Tensor, torch.Tensor]], eval_at: Iterable[int] = (),
           device: torch.device | str = "cpu", progress: Progress | None = None,
-          reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-          loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> RunResult:
+          reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, loss_fn: LossFn | None = None) -> RunResult:
     """Train ``model`` in place for ``steps`` updates with the optimizer set-up ``make_recipe(model)``.
 
     Step ``k`` (0-based) uses ``stream.batch(k)``; the validation loss is measured after ``k`` updates
     for each ``k`` in ``eval_at`` (0 and ``steps`` allowed). ``progress(k, loss_or_None)`` is called
     after every step (the loss every 10 steps, to avoid a host sync per step on a GPU). ``reduce``
-    averages a loss tensor across ranks (distributed training); ``loss_fn(model, x, y)`` defaults to
-    ``model.loss(x, y)`` (a wrapped model: pass a function that reaches the inner module's loss).
+    averages a loss tensor across ranks (distributed training: the logged training and validation losses
+    are then the means over ranks); ``loss_fn(model, x, y)`` (training and validation) defaults to
+    ``model.loss(x, y)``; for a wrapped model pass one that calls the wrapper, e.g.
+    :func:`~lrsched_fused.demo.model.next_token_loss`.
     """
     device = torch.device(device)
     recipe = make_recipe(model)
     opt, sched = recipe.optimizer, recipe.scheduler
-    loss_fn = loss_fn or (lambda m, x, y: m.loss(x, y))
+    loss_fn = loss_fn or _default_loss
     eval_at = sorted(set(int(k) for k in eval_at if 0 <= int(k) <= steps))
     losses: list[torch.Tensor] = []
     lrs: list[float | torch.Tensor] = []
@@ -102,7 +114,7 @@ def train(model: torch.nn.Module, make_recipe: RecipeFactory, stream: BatchStrea
     model.train()
     for k in range(steps + 1):
         if k in eval_at:
-            result.val[k] = evaluate(model, val_batches, reduce)
+            result.val[k] = evaluate(model, val_batches, reduce, loss_fn)
         if k == steps:
             break
         x, y = stream.batch(k, device)
