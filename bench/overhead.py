@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import argparse
 import timeit
-from operator import attrgetter, is_, methodcaller
+from itertools import chain
+from operator import attrgetter, is_
 
 import torch
 
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
                                                             list(map(attrgetter("grad"), flat)))),
         "  data_ptr of each param": lambda: list(map(torch.Tensor.data_ptr, plan.order)),
         "  state.get(p) identity (Tensor.__hash__)": lambda: all(map(is_, map(state.get, plan.order), plan.states)),
-        f"  state tensors identity ({len(plan.state_tensors)} keys)": lambda: [
-            all(map(is_, map(methodcaller("get", k), plan.states), ts)) for k, ts in plan.state_tensors],
+        f"  state entries identity ({len(plan.state_values)} values)": lambda: all(map(
+            is_, list(chain.from_iterable(map(dict.values, plan.states))), plan.state_values)),
         "  is_contiguous of each grad": lambda: all(map(torch.Tensor.is_contiguous, [p.grad for p in flat])),
         "_group_rows + _tables_for": lambda: (ours._group_rows(), ours._tables_for(plan.device)),
         "CpuBackend: refresh_grads (grad data_ptrs)": lambda: tabs.refresh_grads(bucket.batch.grads),

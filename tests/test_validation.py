@@ -504,6 +504,54 @@ def test_unavailable_backend_fails_before_state_is_created(monkeypatch):
     assert all(p.grad is not None for p in model.parameters())
 
 
+def _reset_exp_avg(st, w):
+    st["exp_avg"] = torch.zeros_like(w)
+
+
+def _reset_exp_avg_sq(st, w):
+    st["exp_avg_sq"] = torch.zeros_like(w)
+
+
+def _new_step_tensor(st, w):
+    st["step"] = st["step"].clone()
+
+
+def _extra_entry(st, w):
+    st["note"] = "user data"
+
+
+def _reinsert_exp_avg(st, w):
+    st["exp_avg"] = st.pop("exp_avg").clone()
+
+
+@pytest.mark.parametrize("mutate", [_reset_exp_avg, _reset_exp_avg_sq, _new_step_tensor, _extra_entry,
+                                    _reinsert_exp_avg])
+def test_changed_state_entry_is_picked_up(mutate):
+    """Any entry of a state dict replaced, added or re-inserted by the user: the cached plan rebuilds and the
+    run equals one whose plan was dropped on purpose (bit for bit)."""
+    model, twin_model = _model(), _model()
+    opt, twin = _make("adamw", model), _make("adamw", twin_model)
+    for step in range(3):
+        for m, o in ((model, opt), (twin_model, twin)):
+            _backward(m, step)
+            o.step()
+    for o, m in ((opt, model), (twin, twin_model)):
+        w = m[0].weight
+        mutate(o.state[w], w)
+    twin._plan = None
+    plan = opt._plan
+    for step in range(3, 5):
+        for m, o in ((model, opt), (twin_model, twin)):
+            _backward(m, step)
+            o.step()
+    assert opt._plan is not plan
+    for p, q in zip(model.parameters(), twin_model.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(model.parameters(), twin_model.parameters()):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[p][key], twin.state[q][key]), key
+
+
 def test_replaced_state_tensor_is_picked_up():
     """The cached plan notices a state entry replaced by the user (e.g. moments reset) and rebuilds."""
     model, twin_model = _model(), _model()

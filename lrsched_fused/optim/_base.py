@@ -30,7 +30,8 @@ import math
 import warnings
 from collections import defaultdict
 from copy import deepcopy
-from operator import attrgetter, is_, methodcaller
+from itertools import chain
+from operator import attrgetter, is_
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -435,9 +436,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         state = self.state
         if not all(map(is_, map(state.get, plan.order), plan.states)):
             return None
-        for key, tensors in plan.state_tensors:
-            if not all(map(is_, map(methodcaller("get", key), plan.states), tensors)):
-                return None
+        # every entry of every state dict, in one C-level pass: a replaced, added or removed entry rebuilds
+        values = list(chain.from_iterable(map(dict.values, plan.states)))
+        if len(values) != len(plan.state_values) or not all(map(is_, values, plan.state_values)):
+            return None
         try:  # torch guarantees p.grad's dtype, shape and device; sparse grads raise here
             dense = all(map(_IS_CONTIGUOUS, grads))
         except RuntimeError:
@@ -594,12 +596,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._clock = clock
         if self._lr_out is None or self._lr_out.device != device or self._lr_out.numel() != len(groups):
             self._lr_out = torch.zeros(len(groups), dtype=torch.float32, device=device)
-        tensor_keys = ("step",) + self._moment_keys + self._extra_moment_keys + ("master_param",)
-        state_tensors = [(k, [st.get(k) for st in states]) for k in tensor_keys]
+        state_values = list(chain.from_iterable(map(dict.values, states)))
         all_params = [p for g in groups for p in g["params"]]
         position = {id(p): i for i, p in enumerate(all_params)}
         plan = Plan(device=device, order=order, states=states, step_views=views, steps=steps,
-                    state_tensors=state_tensors, buckets=buckets, primary=primary, all_params=all_params,
+                    state_values=state_values, buckets=buckets, primary=primary, all_params=all_params,
                     has_grad=[p.grad is not None for p in all_params], order_index=[position[id(p)] for p in order],
                     order_group=group_rows, flags=[self._bucket_flags(g) for g in groups],
                     param_ptrs=[local(p).data_ptr() for p in order],

@@ -52,7 +52,7 @@ class Plan:
     order: list[torch.Tensor]             # params with gradients in row order (buckets back to back)
     states: list[dict]                    # the state dict object of each param in `order`
     step_views: list[torch.Tensor]        # state["step"] of each param: views into `steps`
-    state_tensors: list[tuple[str, list]] # (key, [state[key] of each param in `order`, or None])
+    state_values: list                    # every value of every dict in `states`, in order (identity checked)
     steps: torch.Tensor                   # float32 [n]: per-param update counts
     buckets: list[Bucket]
     primary: Backend                      # runs `advance` for the whole optimizer
