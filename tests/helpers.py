@@ -47,3 +47,18 @@ def backends_on_cpu() -> list[str]:
 
 
 requires_triton = pytest.mark.skipif(not have_triton(), reason="triton not installed or no GPU / interpreter")
+
+
+def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Linear(5, 4) -> LayerNorm(4) -> Linear(4, 2), seeded: weights, biases and 1-d norm parameters."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2)).to(dtype)
+
+
+def tiny_backward(model: torch.nn.Module, step: int) -> None:
+    """Fresh gradients of ``mean(model(x)^2)`` for a batch ``x`` that depends only on ``step``."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(3, 5, generator=gen).to(dtype)
+    model.zero_grad(set_to_none=True)
+    model(x).float().square().mean().backward()

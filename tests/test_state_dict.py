@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import RTOL, backends_on_cpu, max_rel_err
+from helpers import RTOL, backends_on_cpu, max_rel_err, tiny_backward, tiny_model
 from lrsched_fused import FusedAdamW, FusedLAMB, schedules as S
 from lrsched_fused.optim._state import (EXTRA_KEY, STATE_FORMAT_VERSION, clock_from_torch_scheduler,
                                         torch_scheduler_for)
@@ -28,22 +28,9 @@ SCHED = S.wsd(peak_lr=1e-2, total_steps=12, warmup_steps=3, decay_steps=4, final
 # ------------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------------
-def _model(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2)).to(dtype)
-
-
-def _backward(model: torch.nn.Module, step: int) -> None:
-    gen = torch.Generator().manual_seed(1000 + step)
-    dtype = next(model.parameters()).dtype
-    x = torch.randn(3, 5, generator=gen).to(dtype)
-    model.zero_grad(set_to_none=True)
-    model(x).float().square().mean().backward()
-
-
 def _train(model, opt, start: int, stop: int, scheduler=None) -> None:
     for step in range(start, stop):
-        _backward(model, step)
+        tiny_backward(model, step)
         opt.step()
         if scheduler is not None:
             scheduler.step()
@@ -97,7 +84,7 @@ def assert_same(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["adamw", "lamb"])
 def test_state_dict_is_plain_data_with_everything_needed(kind, backend):
-    model = _model()
+    model = tiny_model()
     if kind == "adamw":
         opt = FusedAdamW(model.parameters(), lr=SCHED, amsgrad=True, backend=backend)
     else:
@@ -126,20 +113,20 @@ def test_state_dict_is_plain_data_with_everything_needed(kind, backend):
 
 
 def test_state_dict_before_the_first_step_loads():
-    model = _model()
+    model = tiny_model()
     sd = _through_disk(FusedAdamW(model.parameters(), lr=SCHED, backend="reference").state_dict())
     assert sd[EXTRA_KEY]["clock"] is None and sd["state"] == {}
-    opt = FusedAdamW(_model().parameters(), lr=0.5, backend="reference")
+    opt = FusedAdamW(tiny_model().parameters(), lr=0.5, backend="reference")
     opt.load_state_dict(sd)
     assert opt.clock.tolist() == [0, 0] and opt.param_groups[0]["schedule"] == SCHED.to_dict()
     assert opt.get_last_lr() == [SCHED(0)]
 
 
 def test_get_last_lr_after_load_is_the_lr_of_the_next_step():
-    model = _model()
+    model = tiny_model()
     opt = FusedAdamW(model.parameters(), lr=SCHED, backend="reference")
     _train(model, opt, 0, 5)
-    fresh = FusedAdamW(_model().parameters(), lr=1e-4, backend="reference")
+    fresh = FusedAdamW(tiny_model().parameters(), lr=1e-4, backend="reference")
     fresh.load_state_dict(opt.state_dict())
     assert fresh.get_last_lr() == pytest.approx([SCHED(5)], rel=0, abs=0)
 
@@ -150,11 +137,11 @@ def test_get_last_lr_after_load_is_the_lr_of_the_next_step():
 def test_low_precision_params_keep_fp32_states_through_load():
     """torch's Optimizer.load_state_dict casts floating state to the parameter dtype (bf16 here), losing
     the fp32 moments; ours keeps the state dtype the options call for, bit for bit."""
-    model = _model(dtype=torch.bfloat16)
+    model = tiny_model(dtype=torch.bfloat16)
     opt = FusedAdamW(model.parameters(), lr=SCHED, backend="reference")
     _train(model, opt, 0, 3)
     sd = _through_disk(opt.state_dict())
-    fresh_model = _model(seed=1, dtype=torch.bfloat16)
+    fresh_model = tiny_model(seed=1, dtype=torch.bfloat16)
     fresh = FusedAdamW(fresh_model.parameters(), lr=1.0, backend="reference")
     fresh.load_state_dict(sd)
     for p, q in zip(model.parameters(), fresh_model.parameters()):
@@ -162,7 +149,7 @@ def test_low_precision_params_keep_fp32_states_through_load():
             assert fresh.state[q][k].dtype == torch.float32
             assert torch.equal(fresh.state[q][k], opt.state[p][k])
     # the hazard this guards against: torch's base implementation would have downcast
-    plain = FusedAdamW(_model(seed=1, dtype=torch.bfloat16).parameters(), backend="reference")
+    plain = FusedAdamW(tiny_model(seed=1, dtype=torch.bfloat16).parameters(), backend="reference")
     torch.optim.Optimizer.load_state_dict(plain, sd)
     assert next(iter(plain.state.values()))["exp_avg"].dtype == torch.bfloat16
 
@@ -174,11 +161,11 @@ def test_low_precision_params_keep_fp32_states_through_load():
     (None, torch.float64, torch.float64),
 ], ids=["param-bf16", "bf16-states-fp32-params", "default-fp16", "default-fp64"])
 def test_load_converts_to_the_state_dtype_of_the_options(option, param_dtype, want):
-    model = _model()
+    model = tiny_model()
     opt = FusedAdamW(model.parameters(), lr=SCHED, backend="reference")
     _train(model, opt, 0, 2)
     sd = _through_disk(opt.state_dict())
-    fresh_model = _model(dtype=param_dtype)
+    fresh_model = tiny_model(dtype=param_dtype)
     fresh = FusedAdamW(fresh_model.parameters(), lr=SCHED, backend="reference", state_dtype=option)
     fresh.load_state_dict(sd)
     for p, q in zip(model.parameters(), fresh_model.parameters()):
@@ -191,11 +178,11 @@ def test_load_converts_to_the_state_dtype_of_the_options(option, param_dtype, wa
 
 def test_load_moves_state_to_the_parameters_device():
     """A checkpoint loaded on the CPU goes to the parameters' device ("meta" stands in for a GPU)."""
-    model = _model()
+    model = tiny_model()
     opt = FusedAdamW(model.parameters(), lr=SCHED, backend="reference")
     _train(model, opt, 0, 2)
     sd = _through_disk(opt.state_dict())
-    meta_model = _model().to("meta")
+    meta_model = tiny_model().to("meta")
     meta_opt = FusedAdamW(meta_model.parameters(), lr=1e-3, backend="reference")
     meta_opt.load_state_dict(sd)
     for q in meta_model.parameters():
@@ -206,11 +193,11 @@ def test_load_moves_state_to_the_parameters_device():
 
 
 def test_loaded_state_does_not_alias_the_checkpoint():
-    model = _model()
+    model = tiny_model()
     opt = FusedAdamW(model.parameters(), lr=SCHED, backend="reference")
     _train(model, opt, 0, 2)
     sd = opt.state_dict()
-    fresh_model = _model()
+    fresh_model = tiny_model()
     fresh = FusedAdamW(fresh_model.parameters(), lr=SCHED, backend="reference")
     fresh.load_state_dict(sd)
     before = snapshot(fresh)
@@ -223,11 +210,11 @@ def test_loaded_state_does_not_alias_the_checkpoint():
 
 
 def test_lamb_max_grad_norm_and_master_weights_round_trip():
-    model = _model(dtype=torch.bfloat16)
+    model = tiny_model(dtype=torch.bfloat16)
     opt = FusedLAMB(model.parameters(), lr=SCHED, max_grad_norm=0.25, master_weights=True, backend="reference")
     _train(model, opt, 0, 3)
     sd = _through_disk(opt.state_dict())
-    fresh_model = _model(seed=3, dtype=torch.bfloat16)
+    fresh_model = tiny_model(seed=3, dtype=torch.bfloat16)
     fresh_model.load_state_dict(model.state_dict())
     fresh = FusedLAMB(fresh_model.parameters(), lr=1e-3, master_weights=True, backend="reference")
     fresh.load_state_dict(sd)
@@ -313,7 +300,7 @@ MISFITS = {
 
 
 def _trained_adamw():
-    model = _model()
+    model = tiny_model()
     opt = FusedAdamW(model.parameters(), lr=SCHED, backend="reference")
     _train(model, opt, 0, 3)
     return model, opt
@@ -325,7 +312,7 @@ def test_misfit_state_is_refused_before_anything_changes(misfit):
     sd = deepcopy(opt.state_dict())
     corrupt, match = MISFITS[misfit]
     corrupt(sd)
-    target_model = _model(seed=5)
+    target_model = tiny_model(seed=5)
     target = FusedAdamW(target_model.parameters(), lr=0.3, backend="reference")
     _train(target_model, target, 0, 2)
     before = snapshot(target)
@@ -346,7 +333,7 @@ def test_random_misfit_state_is_refused_before_anything_changes(index, key, valu
     model, opt = _trained_adamw()
     sd = deepcopy(opt.state_dict())
     sd["state"][index][key] = value
-    target = FusedAdamW(_model(seed=5).parameters(), lr=0.3, backend="reference")
+    target = FusedAdamW(tiny_model(seed=5).parameters(), lr=0.3, backend="reference")
     target.load_state_dict(deepcopy(opt.state_dict()))
     before = snapshot(target)
     try:
@@ -373,11 +360,11 @@ def _assert_close(a_model, b_model, rtol=RTOL[torch.float32]):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fused", [False, True], ids=["torch-for-loop", "torch-fused"])
 def test_fused_state_loads_into_torch_adamw_float_lr(fused, backend):
-    model = _model()
+    model = tiny_model()
     ours = FusedAdamW(model.parameters(), lr=1e-2, weight_decay=0.1, backend=backend)
     _train(model, ours, 0, 3)
     sd = _through_disk(ours.state_dict())
-    torch_model = _model(seed=9)
+    torch_model = tiny_model(seed=9)
     torch_model.load_state_dict(model.state_dict())
     theirs = _torch_adamw(torch_model, fused, lr=0.5)
     theirs.load_state_dict(sd)
@@ -398,11 +385,11 @@ SAVE_POINTS = {"reference": [0, 2, 3, 5, 8, 12, 14], "cpu": [0, 2, 3, 5, 8, 12, 
 def test_fused_state_loads_into_torch_adamw_with_schedule(save_at, backend):
     """torch AdamW + torch_scheduler_for(...) continues a scheduled FusedAdamW: same lr at every step
     (mid-warmup, on the warmup/stable and stable/decay edges, mid-decay, past the end), same weights."""
-    model = _model()
+    model = tiny_model()
     ours = FusedAdamW(model.parameters(), lr=SCHED, weight_decay=0.1, backend=backend)
     _train(model, ours, 0, save_at)
     sd = _through_disk(ours.state_dict())
-    torch_model = _model(seed=9)
+    torch_model = tiny_model(seed=9)
     torch_model.load_state_dict(model.state_dict())
     theirs = _torch_adamw(torch_model, fused=True, lr=0.5)
     theirs.load_state_dict(sd)
@@ -410,8 +397,8 @@ def test_fused_state_loads_into_torch_adamw_with_schedule(save_at, backend):
     for step in range(save_at, save_at + 4):
         lr_torch = theirs.param_groups[0]["lr"]
         assert lr_torch == SCHED(step)
-        _backward(model, step)
-        _backward(torch_model, step)
+        tiny_backward(model, step)
+        tiny_backward(torch_model, step)
         ours.step()
         theirs.step()
         scheduler.step()
@@ -422,11 +409,11 @@ def test_fused_state_loads_into_torch_adamw_with_schedule(save_at, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fused", [False, True], ids=["torch-for-loop", "torch-fused"])
 def test_torch_adamw_state_loads_into_fused_adamw_float_lr(fused, backend):
-    torch_model = _model()
+    torch_model = tiny_model()
     theirs = _torch_adamw(torch_model, fused, lr=1e-2)
     _train(torch_model, theirs, 0, 4)
     sd = _through_disk(theirs.state_dict())
-    model = _model(seed=9)
+    model = tiny_model(seed=9)
     model.load_state_dict(torch_model.state_dict())
     ours = FusedAdamW(model.parameters(), lr=0.5, weight_decay=0.0, backend=backend)
     ours.load_state_dict(sd)
@@ -445,12 +432,12 @@ def test_torch_adamw_state_loads_into_fused_adamw_float_lr(fused, backend):
 def test_torch_adamw_with_scheduler_state_loads_into_scheduled_fused_adamw(fused, backend):
     """torch AdamW driven by a torch scheduler -> FusedAdamW(lr=same schedule): the clock derived from the
     steps equals the scheduler's position, and the runs continue together."""
-    torch_model = _model()
+    torch_model = tiny_model()
     theirs = _torch_adamw(torch_model, fused, lr=SCHED.peak)
     scheduler = S.LRScheduler(theirs, SCHED)
     _train(torch_model, theirs, 0, 5, scheduler)
     sd = _through_disk(theirs.state_dict())
-    model = _model(seed=9)
+    model = tiny_model(seed=9)
     model.load_state_dict(torch_model.state_dict())
     ours = FusedAdamW(model.parameters(), lr=SCHED, backend=backend)
     ours.load_state_dict(sd)
@@ -463,9 +450,9 @@ def test_torch_adamw_with_scheduler_state_loads_into_scheduled_fused_adamw(fused
 
 
 def test_set_clock_positions_the_schedule():
-    model = _model()
+    model = tiny_model()
     opt = FusedAdamW(model.parameters(), lr=SCHED, backend="reference")
-    torch_opt = torch.optim.AdamW(_model().parameters(), lr=SCHED.peak)
+    torch_opt = torch.optim.AdamW(tiny_model().parameters(), lr=SCHED.peak)
     scheduler = S.LRScheduler(torch_opt, SCHED)
     for _ in range(7):
         torch_opt.step()
@@ -480,22 +467,22 @@ def test_set_clock_positions_the_schedule():
 
 def test_torch_scheduler_for_refuses_token_schedules_and_mismatched_groups():
     sched = S.power(max_lr=1e-2, a=1.0, b=-0.5, total=10_000, warmup=1_000, unit="tokens")
-    opt = FusedAdamW(_model().parameters(), lr=sched, backend="reference")
+    opt = FusedAdamW(tiny_model().parameters(), lr=sched, backend="reference")
     with pytest.raises(ValueError, match=r"counts tokens; a torch scheduler steps once per update"):
-        torch_scheduler_for(torch.optim.AdamW(_model().parameters()), opt)
-    params = list(_model().parameters())
+        torch_scheduler_for(torch.optim.AdamW(tiny_model().parameters()), opt)
+    params = list(tiny_model().parameters())
     two_groups = torch.optim.AdamW([{"params": params[:2]}, {"params": params[2:]}])
     with pytest.raises(ValueError, match=r"source has 1 param groups; optimizer has 2"):
-        torch_scheduler_for(two_groups, FusedAdamW(_model().parameters(), lr=SCHED))
+        torch_scheduler_for(two_groups, FusedAdamW(tiny_model().parameters(), lr=SCHED))
 
 
 def test_torch_scheduler_for_keeps_lr_scale_and_float_groups():
-    model = _model()
+    model = tiny_model()
     params = list(model.parameters())
     ours = FusedAdamW([{"params": params[:2], "lr_scale": 0.5}, {"params": params[2:], "lr": 3e-3}], lr=SCHED,
                       backend="reference")
     _train(model, ours, 0, 4)
-    torch_model = _model()
+    torch_model = tiny_model()
     theirs = torch.optim.AdamW([{"params": list(torch_model.parameters())[:2]},
                                 {"params": list(torch_model.parameters())[2:]}])
     torch_scheduler_for(theirs, ours)
@@ -508,16 +495,16 @@ def test_torch_scheduler_for_keeps_lr_scale_and_float_groups():
 # ------------------------------------------------------------------------------------------------------
 def test_clock_travels_in_the_param_groups_when_the_top_level_entry_is_dropped():
     sched = S.chain(S.Phase("linear", 300, 0.0, 1e-2), S.Phase("cosine", 1000, 1e-2, 1e-3), unit="tokens")
-    model = _model()
+    model = tiny_model()
     params = list(model.parameters())
     opt = FusedLAMB([{"params": params[:2]}, {"params": params[2:], "lr": 3e-3}], lr=sched, backend="reference")
     for step in range(3):
-        _backward(model, step)
+        tiny_backward(model, step)
         opt.step(tokens=64 + step)
     sd = _through_disk(opt.state_dict())
     assert [g["clock"] for g in sd["param_groups"]] == [[3, 195], [3, 195]]
     dcp_like = {"state": sd["state"], "param_groups": sd["param_groups"]}
-    fresh_params = list(_model(seed=2).parameters())
+    fresh_params = list(tiny_model(seed=2).parameters())
     fresh = FusedLAMB([{"params": fresh_params[:2]}, {"params": fresh_params[2:]}], lr=1e-3, backend="reference")
     fresh.load_state_dict(dcp_like)
     assert fresh.clock.tolist() == [3, 195]
@@ -532,10 +519,10 @@ def test_clock_travels_in_the_param_groups_when_the_top_level_entry_is_dropped()
 def test_stale_group_clock_after_a_torch_optimizer_trained_on_is_replaced_by_the_steps():
     """ours -> torch AdamW (with its own scheduler, keeping our group keys) -> ours: the group clock copy
     is older than the steps; the steps win, with a warning."""
-    model = _model()
+    model = tiny_model()
     ours = FusedAdamW(model.parameters(), lr=SCHED, backend="reference")
     _train(model, ours, 0, 3)
-    torch_model = _model()
+    torch_model = tiny_model()
     torch_model.load_state_dict(model.state_dict())
     theirs = torch.optim.AdamW(torch_model.parameters())
     theirs.load_state_dict(_through_disk(ours.state_dict()))
@@ -543,17 +530,17 @@ def test_stale_group_clock_after_a_torch_optimizer_trained_on_is_replaced_by_the
         g["initial_lr"] = SCHED.peak
     scheduler = S.LRScheduler(theirs, SCHED, last_epoch=2)  # not torch_scheduler_for: the copy stays
     _train(torch_model, theirs, 3, 7, scheduler)
-    back = FusedAdamW(_model().parameters(), lr=1e-3, backend="reference")
+    back = FusedAdamW(tiny_model().parameters(), lr=1e-3, backend="reference")
     with pytest.warns(RuntimeWarning, match=r"clock \(3 updates\) is behind the largest per-parameter step \(7\)"):
         back.load_state_dict(_through_disk(theirs.state_dict()))
     assert back.clock.tolist() == [7, 0] and back.param_groups[0]["schedule"] == SCHED.to_dict()
 
 
 def test_torch_scheduler_for_drops_the_group_clock_copies():
-    model = _model()
+    model = tiny_model()
     ours = FusedAdamW(model.parameters(), lr=SCHED, backend="reference")
     _train(model, ours, 0, 4)
-    theirs = torch.optim.AdamW(_model().parameters())
+    theirs = torch.optim.AdamW(tiny_model().parameters())
     theirs.load_state_dict(ours.state_dict())
     assert theirs.param_groups[0]["clock"] == [4, 0]
     torch_scheduler_for(theirs, theirs.state_dict())  # the group copy is a valid source too
@@ -561,11 +548,11 @@ def test_torch_scheduler_for_drops_the_group_clock_copies():
 
 
 def test_torch_state_into_a_token_schedule_warns_that_the_token_clock_is_unknown():
-    torch_model = _model()
+    torch_model = tiny_model()
     theirs = torch.optim.AdamW(torch_model.parameters())
     _train(torch_model, theirs, 0, 2)
     sched = S.chain(S.Phase("linear", 300, 0.0, 1e-2), unit="tokens")
-    ours = FusedAdamW(_model().parameters(), lr=sched, backend="reference")
+    ours = FusedAdamW(tiny_model().parameters(), lr=sched, backend="reference")
     with pytest.warns(RuntimeWarning, match=r"token clock starts at 0; set it with opt.set_clock\(tokens=...\)"):
         ours.load_state_dict(theirs.state_dict())
     assert ours.clock.tolist() == [2, 0]
@@ -576,7 +563,7 @@ def test_torch_state_into_a_token_schedule_warns_that_the_token_clock_is_unknown
 def test_deepcopy_and_pickle_keep_the_clock_and_continue_identically():
     import pickle
 
-    model = _model()
+    model = tiny_model()
     opt = FusedAdamW(model.parameters(), lr=SCHED, backend="reference")
     _train(model, opt, 0, 3)
     twin_model, twin = deepcopy((model, opt))

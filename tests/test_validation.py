@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import backends_on_cpu
+from helpers import backends_on_cpu, tiny_backward, tiny_model
 from lrsched_fused import FusedAdamW, FusedLAMB, schedules as S
 from lrsched_fused.backends import BackendUnavailable
 from lrsched_fused.optim import _base
@@ -31,19 +31,6 @@ SCHED = S.wsd(peak_lr=1e-2, total_steps=20, warmup_steps=4, decay_steps=6)
 # ------------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------------
-def _model(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2)).to(dtype)
-
-
-def _backward(model: torch.nn.Module, step: int) -> None:
-    gen = torch.Generator().manual_seed(1000 + step)
-    dtype = next(model.parameters()).dtype
-    x = torch.randn(3, 5, generator=gen).to(dtype)
-    model.zero_grad(set_to_none=True)
-    model(x).float().square().mean().backward()
-
-
 def _make(kind: str, model: torch.nn.Module, backend: str = "reference", **kw):
     if kind == "lamb":
         kw.setdefault("max_grad_norm", 1.0)
@@ -126,7 +113,7 @@ BAD_ARGS = [
                          ids=[f"{k}-{next(iter(kw))}={kw[next(iter(kw))]!r}" for k, kw, _ in BAD_ARGS])
 def test_bad_constructor_argument_names_it_and_its_range(kind, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        OPTIMIZERS[kind](_model().parameters(), **kwargs)
+        OPTIMIZERS[kind](tiny_model().parameters(), **kwargs)
 
 
 BAD_GROUP_ENTRIES = [
@@ -140,7 +127,7 @@ BAD_GROUP_ENTRIES = [
 
 @pytest.mark.parametrize("entry,match", BAD_GROUP_ENTRIES, ids=[next(iter(e)) for e, _ in BAD_GROUP_ENTRIES])
 def test_bad_param_group_entry_names_the_group(entry, match):
-    model = _model()
+    model = tiny_model()
     params = list(model.parameters())
     with pytest.raises(ValueError, match=match):
         FusedAdamW([{"params": params[:2]}, {"params": params[2:], **entry}], lr=SCHED)
@@ -150,7 +137,7 @@ def test_bad_schedule_fields_are_refused_at_construction():
     data = SCHED.to_dict()
     data["phases"][1]["length"] = -3
     with pytest.raises(ValueError, match=r"length"):
-        FusedAdamW(_model().parameters(), lr=data)
+        FusedAdamW(tiny_model().parameters(), lr=data)
     with pytest.raises(ValueError, match=r"warmup_steps"):
         S.wsd(peak_lr=1e-3, total_steps=10, warmup_steps=11, decay_steps=1)
     with pytest.raises(ValueError, match=r"peak_lr"):
@@ -178,14 +165,14 @@ def test_parameters_on_mixed_devices_are_refused():
 
 
 def test_parameter_on_another_device_added_behind_the_optimizers_back_fails_the_step_cleanly():
-    model = _model()
+    model = tiny_model()
     opt = _make("adamw", model)
-    _backward(model, 0)
+    tiny_backward(model, 0)
     opt.step()
     meta = torch.nn.Parameter(torch.zeros(3, device="meta"))
     meta.grad = torch.zeros(3, device="meta")
     opt.param_groups[0]["params"].append(meta)  # torch does not stop this
-    _backward(model, 1)
+    tiny_backward(model, 1)
     cpu_params = [p for p in opt.param_groups[0]["params"] if p is not meta]
     before = [p.detach().clone() for p in cpu_params], [opt.state[p]["exp_avg"].clone() for p in cpu_params]
     clock = opt.clock.clone()
@@ -210,13 +197,13 @@ def test_non_contiguous_parameter_is_refused_clearly():
     with pytest.raises(ValueError, match=r"params'\]\[0\] of shape \(3, 4\) is not contiguous .* make it contiguous"):
         FusedAdamW([torch.nn.Parameter(torch.randn(4, 3).t())])
     # made non-contiguous after construction: refused at step, nothing changes
-    model = _model()
+    model = tiny_model()
     opt = _make("adamw", model)
-    _backward(model, 0)
+    tiny_backward(model, 0)
     opt.step()
     w = model[0].weight
     w.data = w.data.t().contiguous().t()
-    _backward(model, 1)
+    tiny_backward(model, 1)
     before = snapshot(opt)
     with pytest.raises(ValueError, match=r"is not contiguous"):
         opt.step()
@@ -224,11 +211,11 @@ def test_non_contiguous_parameter_is_refused_clearly():
 
 
 def test_non_contiguous_gradient_is_handled():
-    ref_model, model = _model(), _model()
+    ref_model, model = tiny_model(), tiny_model()
     ref, opt = _make("adamw", ref_model), _make("adamw", model)
     for step in range(3):
-        _backward(ref_model, step)
-        _backward(model, step)
+        tiny_backward(ref_model, step)
+        tiny_backward(model, step)
         w = model[0].weight
         w.grad = w.grad.t().contiguous().t()  # same values, transposed strides
         assert not w.grad.is_contiguous()
@@ -242,14 +229,14 @@ def test_non_contiguous_gradient_is_handled():
 @pytest.mark.parametrize("kind", ["adamw", "lamb"])
 def test_zero_size_parameters_are_handled(kind, backend):
     """An empty parameter gets state and a step count, and changes nothing about the others' updates."""
-    ref_model, model = _model(), _model()
+    ref_model, model = tiny_model(), tiny_model()
     empty = torch.nn.Parameter(torch.zeros(0, 4))
     ref = _make(kind, ref_model, backend)
     opt = OPTIMIZERS[kind]([{"params": list(model.parameters())}, {"params": [empty]}], lr=SCHED, backend=backend,
                            **({"max_grad_norm": 1.0} if kind == "lamb" else {}))
     for step in range(3):
-        _backward(ref_model, step)
-        _backward(model, step)
+        tiny_backward(ref_model, step)
+        tiny_backward(model, step)
         empty.grad = torch.zeros(0, 4)
         ref.step()
         opt.step()
@@ -287,12 +274,12 @@ BAD_GRADS = {
 @pytest.mark.parametrize("bad", sorted(BAD_GRADS))
 @pytest.mark.parametrize("after_steps", [0, 2], ids=["first-step", "third-step"])
 def test_bad_gradient_fails_the_step_and_changes_nothing(bad, kind, after_steps):
-    model = _model()
+    model = tiny_model()
     opt = _make(kind, model)
     for step in range(after_steps):
-        _backward(model, step)
+        tiny_backward(model, step)
         opt.step()
-    _backward(model, after_steps)
+    tiny_backward(model, after_steps)
     corrupt, match = BAD_GRADS[bad]
     corrupt(model[0].weight)
     before = snapshot(opt)
@@ -302,9 +289,9 @@ def test_bad_gradient_fails_the_step_and_changes_nothing(bad, kind, after_steps)
 
 
 def test_named_parameters_are_named_in_errors():
-    model = _model()
+    model = tiny_model()
     opt = FusedAdamW(model.named_parameters(), lr=SCHED, backend="reference")
-    _backward(model, 0)
+    tiny_backward(model, 0)
     model[2].bias.data = model[2].bias.data.double()
     with pytest.raises(ValueError, match=r"\['params'\]\[5\] \('2.bias'\) of shape \(2,\) and dtype float64"):
         opt.step()
@@ -409,13 +396,13 @@ def bad_step_inputs(kind: str):
 
 
 def _run_failing_step(kind: str, backend: str, steps_before: int, corrupt) -> None:
-    model, twin_model = _model(), _model()
+    model, twin_model = tiny_model(), tiny_model()
     opt, twin = _make(kind, model, backend), _make(kind, twin_model, backend)
     for step in range(steps_before):
         for m, o in ((model, opt), (twin_model, twin)):
-            _backward(m, step)
+            tiny_backward(m, step)
             o.step()
-    _backward(model, steps_before)
+    tiny_backward(model, steps_before)
     good_groups = deepcopy([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
     good_data = [p.data for p in model.parameters()]
     corrupt(opt, model)
@@ -433,8 +420,8 @@ def _run_failing_step(kind: str, backend: str, steps_before: int, corrupt) -> No
     for name in ("found_inf", "grad_scale"):
         if hasattr(opt, name):
             delattr(opt, name)
-    _backward(model, steps_before)
-    _backward(twin_model, steps_before)
+    tiny_backward(model, steps_before)
+    tiny_backward(twin_model, steps_before)
     opt.step()
     twin.step()
     for p, q in zip(model.parameters(), twin_model.parameters()):
@@ -473,10 +460,10 @@ def test_failed_step_changes_nothing_examples(kind, corrupt, steps_before):
 
 
 def test_token_schedule_requires_tokens_before_anything_changes():
-    model = _model()
+    model = tiny_model()
     sched = S.power(max_lr=1e-2, a=1.0, b=-0.5, total=10_000, warmup=1_000, unit="tokens")
     opt = FusedAdamW(model.parameters(), lr=sched, backend="reference")
-    _backward(model, 0)
+    tiny_backward(model, 0)
     with pytest.raises(ValueError, match=r"step\(tokens=...\) is required"):
         opt.step()
     assert not opt.state and opt.clock is None
@@ -494,9 +481,9 @@ class _NoSuchDtypeBackend:
 
 
 def test_unavailable_backend_fails_before_state_is_created(monkeypatch):
-    model = _model()
+    model = tiny_model()
     opt = _make("adamw", model)
-    _backward(model, 0)
+    tiny_backward(model, 0)
     monkeypatch.setattr(_base, "select_backend", lambda name, device: _NoSuchDtypeBackend())
     with pytest.raises(BackendUnavailable, match=r"cannot run torch.float32 params"):
         opt.step()
@@ -529,11 +516,11 @@ def _reinsert_exp_avg(st, w):
 def test_changed_state_entry_is_picked_up(mutate):
     """Any entry of a state dict replaced, added or re-inserted by the user: the cached plan rebuilds and the
     run equals one whose plan was dropped on purpose (bit for bit)."""
-    model, twin_model = _model(), _model()
+    model, twin_model = tiny_model(), tiny_model()
     opt, twin = _make("adamw", model), _make("adamw", twin_model)
     for step in range(3):
         for m, o in ((model, opt), (twin_model, twin)):
-            _backward(m, step)
+            tiny_backward(m, step)
             o.step()
     for o, m in ((opt, model), (twin, twin_model)):
         w = m[0].weight
@@ -542,7 +529,7 @@ def test_changed_state_entry_is_picked_up(mutate):
     plan = opt._plan
     for step in range(3, 5):
         for m, o in ((model, opt), (twin_model, twin)):
-            _backward(m, step)
+            tiny_backward(m, step)
             o.step()
     assert opt._plan is not plan
     for p, q in zip(model.parameters(), twin_model.parameters()):
@@ -554,11 +541,11 @@ def test_changed_state_entry_is_picked_up(mutate):
 
 def test_replaced_state_tensor_is_picked_up():
     """The cached plan notices a state entry replaced by the user (e.g. moments reset) and rebuilds."""
-    model, twin_model = _model(), _model()
+    model, twin_model = tiny_model(), tiny_model()
     opt, twin = _make("adamw", model), _make("adamw", twin_model)
     for step in range(3):
         for m, o in ((model, opt), (twin_model, twin)):
-            _backward(m, step)
+            tiny_backward(m, step)
             o.step()
     for o, m in ((opt, model), (twin, twin_model)):
         w = m[0].weight
@@ -566,7 +553,7 @@ def test_replaced_state_tensor_is_picked_up():
     twin._plan = None
     for step in range(3, 5):
         for m, o in ((model, opt), (twin_model, twin)):
-            _backward(m, step)
+            tiny_backward(m, step)
             o.step()
     assert opt.state[model[0].weight]["exp_avg"].abs().sum() > 0
     for p, q in zip(model.parameters(), twin_model.parameters()):
@@ -575,12 +562,12 @@ def test_replaced_state_tensor_is_picked_up():
 
 def test_tensor_lr_written_by_a_scheduler_is_refused_without_changes():
     """torch >= 2.x schedulers may write a tensor into group['lr']; that would put a host read in step()."""
-    model = _model()
+    model = tiny_model()
     opt = FusedAdamW(model.parameters(), lr=1e-3, backend="reference")
-    _backward(model, 0)
+    tiny_backward(model, 0)
     opt.step()
     opt.param_groups[0]["lr"] = torch.tensor(5e-4)
-    _backward(model, 1)
+    tiny_backward(model, 1)
     before = snapshot(opt)
     with pytest.raises(ValueError, match=r"param_groups\[0\]: lr must be a finite float >= 0 .* not a tensor"):
         opt.step()
@@ -590,13 +577,13 @@ def test_tensor_lr_written_by_a_scheduler_is_refused_without_changes():
 def test_switching_amsgrad_on_mid_run_is_picked_up():
     """A group option that changes which state tensors exist rebuilds the plan (torch's AdamW would
     raise a KeyError here; ours starts the running maximum from zero, like a fresh amsgrad state)."""
-    model = _model()
+    model = tiny_model()
     opt = _make("adamw", model)
     for step in range(2):
-        _backward(model, step)
+        tiny_backward(model, step)
         opt.step()
     opt.param_groups[0]["amsgrad"] = True
-    _backward(model, 2)
+    tiny_backward(model, 2)
     opt.step()
     for p in model.parameters():
         st_ = opt.state[p]
