@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include <lrsched/step_tables.h>
+
 namespace lrsched {
 namespace cpu {
 
@@ -23,19 +25,7 @@ struct TensorTable {
   const int64_t* numel = nullptr;
 };
 
-/// The optimizer's tables (see kernels/layout.py) and per-tensor step data.
-struct StepTables {
-  const int64_t* sched_ints = nullptr;      // [rows, SCHED_INT_COLS]
-  const double* sched_floats = nullptr;     // [rows, SCHED_FLOAT_COLS]
-  const int64_t* group_sched = nullptr;     // [groups, GROUP_SCHED_COLS]
-  const double* hparams = nullptr;          // [groups, HP_COLS]
-  int64_t groups = 0;
-  const int64_t* clock = nullptr;           // [NUM_CLOCKS]
-  const int64_t* group_index = nullptr;     // [n] group row of each tensor
-  const float* steps = nullptr;             // [n] update count of each tensor before this step
-  const float* found_inf = nullptr;         // scalar or null: nonzero skips the step
-  const float* grad_scale = nullptr;        // scalar or null: gradients are divided by it
-};
+using lrsched::StepTables;  // csrc/include/lrsched/step_tables.h
 
 /// Whether (param dtype, state dtype, master weights) has kernels.
 bool supported(int pdtype, int sdtype, bool master);

@@ -44,22 +44,6 @@ TensorTable tensor_table(int64_t table, int64_t n, int pdtype, int sdtype, bool 
   return tt;
 }
 
-/// ``ctx``: addresses (sched_ints, sched_floats, group_sched, hparams, groups (a count), clock, group_index,
-/// steps, found_inf or 0, grad_scale or 0).
-StepTables step_tables(const std::array<int64_t, 10>& c) {
-  StepTables st;
-  st.sched_ints = ptr<const int64_t>(c[0]);
-  st.sched_floats = ptr<const double>(c[1]);
-  st.group_sched = ptr<const int64_t>(c[2]);
-  st.hparams = ptr<const double>(c[3]);
-  st.groups = c[4];
-  st.clock = ptr<const int64_t>(c[5]);
-  st.group_index = ptr<const int64_t>(c[6]);
-  st.steps = ptr<const float>(c[7]);
-  st.found_inf = ptr<const float>(c[8]);
-  st.grad_scale = ptr<const float>(c[9]);
-  return st;
-}
 
 py::dict layout_constants() {
   namespace L = lrsched::layout;
@@ -99,7 +83,7 @@ PYBIND11_MODULE(_cpu, m) {
       [](int64_t table, int64_t n, int pd, int sd, bool has_max, bool has_master, const std::array<int64_t, 10>& ctx,
          bool amsgrad, int threads) {
         const TensorTable tt = tensor_table(table, n, pd, sd, has_max, has_master);
-        const StepTables st = step_tables(ctx);
+        const StepTables st = step_tables_from_addresses(ctx);
         py::gil_scoped_release nogil;
         adamw(tt, st, amsgrad, threads);
       },
@@ -110,7 +94,7 @@ PYBIND11_MODULE(_cpu, m) {
       [](int64_t table, int64_t n, int pd, int sd, bool has_master, const std::array<int64_t, 10>& ctx,
          int64_t clip_div, int64_t norms_out, int64_t scratch, int64_t scratch_elems, int threads) {
         const TensorTable tt = tensor_table(table, n, pd, sd, false, has_master);
-        const StepTables st = step_tables(ctx);
+        const StepTables st = step_tables_from_addresses(ctx);
         py::gil_scoped_release nogil;
         lamb(tt, st, ptr<const float>(clip_div), ptr<float>(norms_out), ptr<void>(scratch), scratch_elems, threads);
       },
@@ -121,7 +105,7 @@ PYBIND11_MODULE(_cpu, m) {
       [](int64_t table, int64_t n, int pd, int sd, bool has_master, const std::array<int64_t, 10>& ctx,
          int64_t clip_div, int64_t sums, int threads) {
         const TensorTable tt = tensor_table(table, n, pd, sd, false, has_master);
-        const StepTables st = step_tables(ctx);
+        const StepTables st = step_tables_from_addresses(ctx);
         py::gil_scoped_release nogil;
         lamb_stage1(tt, st, ptr<const float>(clip_div), ptr<float>(sums), threads);
       },
@@ -132,7 +116,7 @@ PYBIND11_MODULE(_cpu, m) {
       [](int64_t table, int64_t n, int pd, int sd, bool has_master, const std::array<int64_t, 10>& ctx,
          int64_t clip_div, int64_t sums, int64_t norms_out, int threads) {
         const TensorTable tt = tensor_table(table, n, pd, sd, false, has_master);
-        const StepTables st = step_tables(ctx);
+        const StepTables st = step_tables_from_addresses(ctx);
         py::gil_scoped_release nogil;
         lamb_stage2(tt, st, ptr<const float>(clip_div), ptr<const float>(sums), ptr<float>(norms_out), threads);
       },
@@ -149,7 +133,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def(
       "advance",
       [](const std::array<int64_t, 10>& ctx, int64_t steps, int64_t nsteps, int64_t lr_out, int64_t tokens) {
-        const StepTables st = step_tables(ctx);
+        const StepTables st = step_tables_from_addresses(ctx);
         advance(st, ptr<float>(steps), nsteps, ptr<float>(lr_out), ptr<int64_t>(ctx[5]), ptr<const int64_t>(tokens));
       },
       py::arg("ctx"), py::arg("steps"), py::arg("nsteps"), py::arg("lr_out"), py::arg("tokens"));

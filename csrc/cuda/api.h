@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include <lrsched/step_tables.h>
+
 namespace lrsched {
 namespace cuda {
 
@@ -24,18 +26,7 @@ struct TensorTable {
   const int64_t* first_block = nullptr;  // device int64 [n + 1]: first block of each tensor
 };
 
-struct StepTables {
-  const int64_t* sched_ints = nullptr;
-  const double* sched_floats = nullptr;
-  const int64_t* group_sched = nullptr;
-  const double* hparams = nullptr;
-  int64_t groups = 0;                // host value
-  const int64_t* clock = nullptr;
-  const int64_t* group_index = nullptr;
-  const float* steps = nullptr;
-  const float* found_inf = nullptr;  // or null
-  const float* grad_scale = nullptr; // or null
-};
+using lrsched::StepTables;  // csrc/include/lrsched/step_tables.h
 
 bool supported(int pdtype, int sdtype, bool master);
 

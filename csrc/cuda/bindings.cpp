@@ -12,6 +12,7 @@
 
 namespace py = pybind11;
 using namespace lrsched::cuda;
+using lrsched::step_tables_from_addresses;
 
 namespace {
 
@@ -37,21 +38,6 @@ TensorTable tensor_table(const std::array<int64_t, 9>& t) {
   return tt;
 }
 
-/// ``c``: (sched_ints, sched_floats, group_sched, hparams, groups, clock, group_index, steps, found_inf, grad_scale).
-StepTables step_tables(const std::array<int64_t, 10>& c) {
-  StepTables st;
-  st.sched_ints = ptr<const int64_t>(c[0]);
-  st.sched_floats = ptr<const double>(c[1]);
-  st.group_sched = ptr<const int64_t>(c[2]);
-  st.hparams = ptr<const double>(c[3]);
-  st.groups = c[4];
-  st.clock = ptr<const int64_t>(c[5]);
-  st.group_index = ptr<const int64_t>(c[6]);
-  st.steps = ptr<const float>(c[7]);
-  st.found_inf = ptr<const float>(c[8]);
-  st.grad_scale = ptr<const float>(c[9]);
-  return st;
-}
 
 void check() {
   const std::string err = last_error();
@@ -64,13 +50,13 @@ PYBIND11_MODULE(_cuda, m) {
   m.doc() = "lrsched_fused CUDA kernels; use through lrsched_fused.backends.cuda";
   m.def("supported", &supported);
   m.def("adamw", [](const std::array<int64_t, 9>& t, const std::array<int64_t, 10>& c, bool ams, int64_t stream) {
-    adamw(tensor_table(t), step_tables(c), ams, ptr<void>(stream));
+    adamw(tensor_table(t), step_tables_from_addresses(c), ams, ptr<void>(stream));
     check();
   });
   m.def("lamb", [](const std::array<int64_t, 9>& t, const std::array<int64_t, 10>& c, int64_t clip, int64_t norms,
                    int64_t partials, int64_t ratio, int64_t sums, int phase, int64_t stream) {
-    lamb(tensor_table(t), step_tables(c), ptr<const float>(clip), ptr<float>(norms), ptr<double>(partials),
-         ptr<double>(ratio), ptr<float>(sums), phase, ptr<void>(stream));
+    lamb(tensor_table(t), step_tables_from_addresses(c), ptr<const float>(clip), ptr<float>(norms),
+         ptr<double>(partials), ptr<double>(ratio), ptr<float>(sums), phase, ptr<void>(stream));
     check();
   });
   m.def("grad_sumsq", [](const std::array<int64_t, 9>& t, int64_t grad_scale, int64_t partials, int64_t out,
@@ -80,7 +66,7 @@ PYBIND11_MODULE(_cuda, m) {
   });
   m.def("advance", [](const std::array<int64_t, 10>& c, int64_t steps, int64_t nsteps, int64_t lr_out, int64_t tokens,
                       int64_t stream) {
-    advance(step_tables(c), ptr<float>(steps), nsteps, ptr<float>(lr_out), ptr<int64_t>(c[5]),
+    advance(step_tables_from_addresses(c), ptr<float>(steps), nsteps, ptr<float>(lr_out), ptr<int64_t>(c[5]),
             ptr<const int64_t>(tokens), ptr<void>(stream));
     check();
   });

@@ -22,7 +22,7 @@ py="${PYTHON:-python3}"
 if pyinc="$("$py" -c 'import sysconfig, pybind11; print(sysconfig.get_paths()["include"], pybind11.get_include())' 2>/dev/null)"; then
   read -r inc1 inc2 <<<"$pyinc"
   echo "c++ -fsyntax-only bindings.cpp"
-  "${CXX:-c++}" -std=c++17 -fsyntax-only -Wall -Wextra -I"$inc1" -I"$inc2" "$here/bindings.cpp"
+  "${CXX:-c++}" -std=c++17 -fsyntax-only -Wall -Wextra -I"$root/csrc/include" -I"$inc1" -I"$inc2" "$here/bindings.cpp"
 else
   echo "compile_check: pybind11 not importable by $py; skipping the bindings check"
 fi
