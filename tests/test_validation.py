@@ -589,3 +589,24 @@ def test_switching_amsgrad_on_mid_run_is_picked_up():
         st_ = opt.state[p]
         assert torch.equal(st_["max_exp_avg_sq"], st_["exp_avg_sq"])  # max(0, v) = v after one step
     assert opt.clock.tolist() == [3, 0]
+
+
+@pytest.mark.parametrize("kind", ["adamw", "lamb"])
+@pytest.mark.parametrize("backend", backends_on_cpu())
+def test_step_without_any_gradient_changes_nothing(kind, backend):
+    """As in torch, ``step()`` when no parameter has a gradient is a no-op; the clock counts updates, so it
+    stays too (before the first step and after some)."""
+    model = tiny_model()
+    opt = _make(kind, model, backend)
+    before = snapshot(opt)
+    assert opt.step() is None
+    assert_same(before, snapshot(opt))
+    assert not opt.state
+    for step in range(2):
+        tiny_backward(model, step)
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    before = snapshot(opt)
+    opt.step()
+    assert_same(before, snapshot(opt))
+    assert int(opt.clock[0]) == 2

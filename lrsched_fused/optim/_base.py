@@ -414,7 +414,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _reusable_grads(self, plan: Plan) -> list[torch.Tensor] | None:
         """The kernels' gradients in the plan's row order if ``plan`` still describes the optimizer (same
-        parameters in the same groups, same ones with gradients, same storage, same state tensors, same
+        parameters in the same groups, same ones with gradients, same storage, same state entries, same
         amsgrad flags), else ``None``. This is the per-step host cost of a step, so every pass is a
         C-level ``map`` over the tensors (about 2000 tensors in well under a millisecond)."""
         groups = self.param_groups
