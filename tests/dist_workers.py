@@ -9,6 +9,7 @@ gradients, so the sharded run sees the single-process full-batch gradient up to 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 import traceback
@@ -221,6 +222,9 @@ def _entry(rank: int, world: int, workdir: str, fn: Callable, args: tuple) -> No
         result = fn(rank, world, workdir, *args)
         torch.save(result, os.path.join(workdir, f"result-{rank}.pt"))
     finally:
+        # free FSDP2 models (reference cycles) while the interpreter is alive: see
+        # lrsched_fused.demo.distributed.shutdown for the gloo abort at exit this avoids
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -31,6 +31,7 @@ do not oversubscribe it: 1 thread per process for 2 processes on 2 cores. ``--th
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -107,7 +108,15 @@ def init(mode: str) -> tuple[DistEnv, bool]:
 
 
 def shutdown() -> None:
-    """``dist.destroy_process_group()`` if a group is up."""
+    """``gc.collect()``, then ``dist.destroy_process_group()`` if a group is up.
+
+    The collect comes first on purpose: an FSDP2-wrapped model is kept alive by reference cycles (its
+    hooks), and with it the gloo process group. Left to interpreter shutdown, a gloo worker thread of
+    torch 2.13 may release the last collective's tensors while the interpreter exits and abort the process
+    ("terminate called without an active exception": 1 run in 10 of the quick FSDP2 demo, 4 in 16 of a
+    minimal FSDP2 script); collected while the interpreter is alive, it never did (0 in 48).
+    """
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
 
