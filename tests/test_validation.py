@@ -532,32 +532,12 @@ def test_changed_state_entry_is_picked_up(mutate):
             tiny_backward(m, step)
             o.step()
     assert opt._plan is not plan
+    assert opt.state[model[0].weight]["exp_avg"].abs().sum() > 0  # the kernels updated the new tensor
     for p, q in zip(model.parameters(), twin_model.parameters()):
         assert torch.equal(p, q)
     for p, q in zip(model.parameters(), twin_model.parameters()):
         for key in ("step", "exp_avg", "exp_avg_sq"):
             assert torch.equal(opt.state[p][key], twin.state[q][key]), key
-
-
-def test_replaced_state_tensor_is_picked_up():
-    """The cached plan notices a state entry replaced by the user (e.g. moments reset) and rebuilds."""
-    model, twin_model = tiny_model(), tiny_model()
-    opt, twin = _make("adamw", model), _make("adamw", twin_model)
-    for step in range(3):
-        for m, o in ((model, opt), (twin_model, twin)):
-            tiny_backward(m, step)
-            o.step()
-    for o, m in ((opt, model), (twin, twin_model)):
-        w = m[0].weight
-        o.state[w]["exp_avg"] = torch.zeros_like(w)  # replaced (twin: replaced too, then its plan is dropped)
-    twin._plan = None
-    for step in range(3, 5):
-        for m, o in ((model, opt), (twin_model, twin)):
-            tiny_backward(m, step)
-            o.step()
-    assert opt.state[model[0].weight]["exp_avg"].abs().sum() > 0
-    for p, q in zip(model.parameters(), twin_model.parameters()):
-        assert torch.equal(p, q)
 
 
 def test_tensor_lr_written_by_a_scheduler_is_refused_without_changes():

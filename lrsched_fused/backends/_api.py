@@ -43,7 +43,7 @@ param rounded to nearest even.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -84,6 +84,16 @@ class TensorBatch:
 
     def __len__(self) -> int:
         return len(self.params)
+
+    def cached_tables(self, key: str, build: Callable[[TensorBatch], Any]) -> Any:
+        """``cache[key]``: built by ``build(self)`` on first use; on later calls its ``refresh_grads(grads)``
+        is called with this step's gradients (the one thing that changes between steps of a batch)."""
+        tables = self.cache.get(key)
+        if tables is None:
+            tables = self.cache[key] = build(self)
+        else:
+            tables.refresh_grads(self.grads)
+        return tables
 
     @property
     def device(self) -> torch.device:

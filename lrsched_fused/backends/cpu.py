@@ -179,13 +179,7 @@ class CpuBackend:
 
     @staticmethod
     def _tables(batch: TensorBatch) -> _BatchTables:
-        tabs = batch.cache.get(_CACHE_KEY)
-        if tabs is None:
-            tabs = _BatchTables(batch)
-            batch.cache[_CACHE_KEY] = tabs
-        else:
-            tabs.refresh_grads(batch.grads)
-        return tabs
+        return batch.cached_tables(_CACHE_KEY, _BatchTables)
 
     # -- protocol --------------------------------------------------------------------------------------
     def check(self, device: torch.device, param_dtype: torch.dtype, state_dtype: torch.dtype) -> None:

@@ -116,13 +116,7 @@ class CudaBackend:
 
     @staticmethod
     def _tables(batch: TensorBatch) -> _DeviceTables:
-        tabs = batch.cache.get(_CACHE_KEY)
-        if tabs is None:
-            tabs = _DeviceTables(batch)
-            batch.cache[_CACHE_KEY] = tabs
-        else:
-            tabs.refresh_grads(batch.grads)
-        return tabs
+        return batch.cached_tables(_CACHE_KEY, _DeviceTables)
 
     def check(self, device: torch.device, param_dtype: torch.dtype, state_dtype: torch.dtype) -> None:
         if torch.device(device).type != "cuda":
