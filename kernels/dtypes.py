@@ -1,7 +1,8 @@
 """Element types the kernels read and write, and exact conversions between them.
 
-A tensor's dtype reaches a kernel as a small integer code (a ``tl.constexpr``), so one kernel source
-serves every (parameter dtype, state dtype) pair and each pair compiles once.
+A tensor's dtype reaches a kernel as a small integer code (a ``tl.constexpr``; the codes are defined once,
+in :mod:`lrsched_fused.kernels.layout`, for every backend), so one kernel source serves every (parameter
+dtype, state dtype) pair and each pair compiles once.
 
 bfloat16 is handled as raw 16-bit patterns: a load widens the bits to float32 (exact), a store rounds
 float32 to nearest even *by bits*::
@@ -20,27 +21,22 @@ import torch
 import triton.language as tl
 
 from ._jit import device_jit
+from . import layout as L
 
 __all__ = ["DT_F32", "DT_BF16", "DT_F16", "DT_F64", "dtype_code", "typed_ptr", "load_as", "store_as",
            "round_to_state", "to_compute", "precise_sqrt", "precise_div"]
 
-DT_F32 = tl.constexpr(0)
-DT_BF16 = tl.constexpr(1)
-DT_F16 = tl.constexpr(2)
-DT_F64 = tl.constexpr(3)
-
-_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
+DT_F32 = tl.constexpr(L.DT_F32)
+DT_BF16 = tl.constexpr(L.DT_BF16)
+DT_F16 = tl.constexpr(L.DT_F16)
+DT_F64 = tl.constexpr(L.DT_F64)
 
 _BF16_HALF = tl.constexpr(0x7FFF)
 _BF16_NAN = tl.constexpr(0x7FC0)
 
 
-def dtype_code(dtype: torch.dtype) -> int:
-    """The kernels' code for ``dtype`` (ValueError for anything but fp32/bf16/fp16/fp64)."""
-    try:
-        return _CODES[dtype]
-    except KeyError:
-        raise ValueError(f"dtype must be float32, bfloat16, float16 or float64; got {dtype}") from None
+#: a torch dtype -> its ``DT_*`` code (defined with the codes, in ``layout``)
+dtype_code = L.dtype_code
 
 
 @device_jit

@@ -15,6 +15,18 @@ starting at clock 0, the last a constant phase of length ``INFINITE_LENGTH`` hol
 The phase that holds clock ``t`` is the *last* row with ``start <= t`` (zero-length rows are never
 chosen because the next row has the same start). Its progress is ``p = (t - start) / span``.
 
+Pointer tables
+--------------
+A bucket's tensors reach every backend (Triton, C++, CUDA) through one int64 table
+``[PTR_TABLE_ROWS, n]``: row ``PTR_PARAM`` .. ``PTR_MASTER`` hold the ``data_ptr`` of tensor ``i`` of each
+list (0 where a list is absent: no amsgrad maxima, no master weights), row ``PTR_NUMEL`` its element
+count. ``lrsched_fused.backends.TensorBatch.pointer_table()`` is the one builder of it.
+
+Dtype codes
+-----------
+A tensor's element type reaches a kernel as ``DT_*`` (a ``tl.constexpr`` in Triton, an ``int`` in C++).
+``DTYPE_CODES`` maps torch's dtype names to them.
+
 Group tables
 ------------
 ``group_sched`` int64 ``[groups, GROUP_SCHED_COLS]`` = (first row, row count, clock index) locates each
@@ -65,6 +77,36 @@ SHAPE_CODES = {name: code for code, name in SHAPE_NAMES.items()}
 CLOCK_STEPS, CLOCK_TOKENS = 0, 1
 NUM_CLOCKS = 2
 CLOCK_NAMES = {CLOCK_STEPS: "steps", CLOCK_TOKENS: "tokens"}
+
+# --- dtype codes -------------------------------------------------------------------------------------
+DT_F32, DT_BF16, DT_F16, DT_F64 = 0, 1, 2, 3
+NUM_DTYPES = 4
+DTYPE_CODES = {"float32": DT_F32, "bfloat16": DT_BF16, "float16": DT_F16, "float64": DT_F64}
+DTYPE_NAMES = {code: name for name, code in DTYPE_CODES.items()}
+
+
+def dtype_code(dtype) -> int:
+    """The ``DT_*`` code of a torch dtype (or its name, e.g. ``"bfloat16"``); ``ValueError`` for a dtype no
+    kernel stores. (``str(torch.float32)`` is ``"torch.float32"``: no torch import needed here.)"""
+    code = DTYPE_CODES.get(str(dtype).removeprefix("torch."))
+    if code is None:
+        raise ValueError(f"dtype must be float32, bfloat16, float16 or float64; got {dtype}")
+    return code
+
+# --- pointer table rows (int64 [PTR_TABLE_ROWS, n]) ------------------------------------------------------
+PTR_PARAM = 0  # parameters (the local shards under FSDP2)
+PTR_GRAD = 1  # gradients (refreshed every step)
+PTR_EXP_AVG = 2  # first moments
+PTR_EXP_AVG_SQ = 3  # second moments
+PTR_MAX_EXP_AVG_SQ = 4  # AdamW amsgrad running maxima, or 0
+PTR_MASTER = 5  # fp32 master weights of bf16/fp16 params, or 0
+PTR_NUMEL = 6  # element counts (not addresses)
+PTR_TABLE_ROWS = 7
+
+# --- LAMB phases (one launch sequence, or two halves around a cross-shard all-reduce) -------------------
+LAMB_FUSED = 0  # stage 1, per-tensor reduction, stage 2
+LAMB_STAGE1 = 1  # sharded: per-tensor sums of w^2 and u^2 only (the caller all-reduces them)
+LAMB_STAGE2 = 2  # sharded: from the all-reduced sums, the ratio, telemetry and the update
 
 # --- group tables ------------------------------------------------------------------------------------
 GS_FIRST_ROW, GS_ROWS, GS_CLOCK = 0, 1, 2

@@ -1,19 +1,18 @@
 """Multi-tensor apply: one launch covers every tensor of a bucket through two small device tables.
 
-* a **pointer table**, int64 ``[NUM_LISTS, n]``: the ``data_ptr`` of tensor ``i`` of each list (params,
-  grads, first and second moments, amsgrad maxima, fp32 master weights; absent lists repeat the params'
-  row and are never dereferenced);
+* the **pointer table**, int64 ``[PTR_TABLE_ROWS, n]`` (``lrsched_fused.kernels.layout``, the same table
+  every backend reads): the ``data_ptr`` of tensor ``i`` of each list (params, grads, first and second
+  moments, amsgrad maxima, fp32 master weights; 0 for an absent list, never dereferenced) and, in row
+  ``PTR_NUMEL``, its element count;
 * a **work table**, int32 ``[W, 2]``: one ``(tensor, chunk)`` row per program. Tensor ``i`` owns
   ``max(1, ceil(numel_i / CHUNK))`` consecutive rows (an empty tensor still gets one, so per-tensor
   outputs such as LAMB's norms are written for it too).
 
-Both are built on the host from the tensors' ``data_ptr`` values and kept by the caller. The table holds
-the list objects it was built from: a caller that replaces a list (a new moment tensor, a new param set)
-gets a new table (:meth:`MultiTensorTable.matches`), while lists are never mutated in place (the
-optimizer builds a new batch instead). The gradients change every step (``zero_grad(set_to_none=True)``
-frees them): :meth:`MultiTensorTable.refresh_grads` compares their ``data_ptr`` values and, only if they
-moved, rewrites that one row with a non-blocking copy. Building reads only host metadata (pointers,
-sizes): no device value is read, nothing waits for the device.
+:func:`build_table` copies the host pointer table (built by the caller from the tensors' ``data_ptr``
+values) to the device and derives the work table; the caller keeps the result. The gradients change
+every step (``zero_grad(set_to_none=True)`` frees them): :meth:`MultiTensorTable.refresh_grads` compares
+their ``data_ptr`` values and, only if they moved, rewrites that one row with a non-blocking copy.
+Building reads only host metadata (pointers, sizes): no device value is read, nothing waits for the device.
 
 Chunking follows apex's ``multi_tensor_apply`` (65536-element chunks on a GPU), without its argument
 size limit: the tables live in device memory, so the number of launches per step does not depend on
@@ -33,24 +32,23 @@ import triton.language as tl
 
 from ._jit import device_jit
 
+from . import layout as L
 from .dtypes import DT_BF16, DT_F16, DT_F32
 
 __all__ = ["LIST_PARAM", "LIST_GRAD", "LIST_EXP_AVG", "LIST_EXP_AVG_SQ", "LIST_MAX_EXP_AVG_SQ", "LIST_MASTER",
            "NUM_LISTS", "MultiTensorTable", "build_table", "list_ptr", "work_item", "chunk_extent"]
 
-LIST_PARAM = tl.constexpr(0)
-LIST_GRAD = tl.constexpr(1)
-LIST_EXP_AVG = tl.constexpr(2)
-LIST_EXP_AVG_SQ = tl.constexpr(3)
-LIST_MAX_EXP_AVG_SQ = tl.constexpr(4)
-LIST_MASTER = tl.constexpr(5)
-NUM_LISTS = 6
+# the pointer-table rows as kernel constants (numbers from layout.PTR_*)
+LIST_PARAM = tl.constexpr(L.PTR_PARAM)
+LIST_GRAD = tl.constexpr(L.PTR_GRAD)
+LIST_EXP_AVG = tl.constexpr(L.PTR_EXP_AVG)
+LIST_EXP_AVG_SQ = tl.constexpr(L.PTR_EXP_AVG_SQ)
+LIST_MAX_EXP_AVG_SQ = tl.constexpr(L.PTR_MAX_EXP_AVG_SQ)
+LIST_MASTER = tl.constexpr(L.PTR_MASTER)
+#: rows that hold addresses (the rest of the table: element counts)
+NUM_LISTS = L.PTR_NUMEL
 
 _ALIGN = 16
-
-
-def _ptrs(tensors: Sequence[torch.Tensor]) -> list[int]:
-    return [t.data_ptr() for t in tensors]
 
 
 def _aligned(ptrs: Sequence[int]) -> bool:
@@ -65,12 +63,10 @@ class MultiTensorTable:
     chunk: int
     n_work: int
     max_chunks: int
-    ptrs: torch.Tensor           # int64 [NUM_LISTS, n]
-    numels: torch.Tensor         # int64 [n]
+    ptrs: torch.Tensor           # int64 [PTR_TABLE_ROWS, n]
     work: torch.Tensor           # int32 [n_work, 2] = (tensor, chunk)
     first_work: torch.Tensor     # int32 [n]: first work row of each tensor
     chunks: torch.Tensor         # int32 [n]: work rows of each tensor
-    lists: tuple                 # the lists the table was built from (kept alive: identity stays meaningful)
     grad_ptrs: list[int]
     aligned_static: bool
     aligned_grads: bool
@@ -80,20 +76,20 @@ class MultiTensorTable:
     def aligned(self) -> bool:
         return self.aligned_static and self.aligned_grads
 
-    def matches(self, lists: Sequence[Sequence[torch.Tensor] | None], chunk: int) -> bool:
-        """Whether the table was built from these list objects (grads aside) with this chunk size."""
-        return chunk == self.chunk and len(lists) == len(self.lists) and all(
-            a is b for row, (a, b) in enumerate(zip(lists, self.lists)) if row != int(LIST_GRAD))
+    @property
+    def numels(self) -> torch.Tensor:
+        """int64 ``[n]``: the element counts (row ``PTR_NUMEL`` of the pointer table)."""
+        return self.ptrs[L.PTR_NUMEL]
 
     def refresh_grads(self, grads: Sequence[torch.Tensor]) -> None:
         """Point the grad row at ``grads`` (a non-blocking host-to-device copy, only if they moved). The
         caller guarantees shapes and dtypes (the optimizer checks every gradient before each step)."""
         if len(grads) != self.n:
             raise ValueError(f"grads has {len(grads)} tensors; the table has {self.n}")
-        ptrs = _ptrs(grads)
+        ptrs = [g.data_ptr() for g in grads]
         if ptrs == self.grad_ptrs:
             return
-        self.ptrs[int(LIST_GRAD)].copy_(torch.tensor(ptrs, dtype=torch.int64), non_blocking=True)
+        self.ptrs[L.PTR_GRAD].copy_(torch.tensor(ptrs, dtype=torch.int64), non_blocking=True)
         self.grad_ptrs = ptrs
         self.aligned_grads = _aligned(ptrs)
 
@@ -106,24 +102,14 @@ class MultiTensorTable:
         return buf
 
 
-def build_table(lists: Sequence[Sequence[torch.Tensor] | None], chunk: int,
-                device: torch.device) -> MultiTensorTable:
-    """Tables for ``lists`` (indexed by the ``LIST_*`` rows; ``None`` for an absent list)."""
-    if len(lists) != NUM_LISTS:
-        raise ValueError(f"lists must have {NUM_LISTS} entries (LIST_* rows); got {len(lists)}")
-    params = lists[int(LIST_PARAM)]
-    n = len(params)
-    for row, lst in enumerate(lists):
-        if lst is not None and len(lst) != n:
-            raise ValueError(f"list {row} has {len(lst)} tensors; the params list has {n}")
-    rows = []
-    used: list[int] = []
-    for row, lst in enumerate(lists):
-        ptrs = _ptrs(lst if lst is not None else params)
-        rows.append(ptrs)
-        if lst is not None and row != int(LIST_GRAD):
-            used += ptrs
-    numels = [t.numel() for t in params]
+def build_table(pointer_table: torch.Tensor, chunk: int, device: torch.device) -> MultiTensorTable:
+    """Device tables from a host int64 ``[PTR_TABLE_ROWS, n]`` pointer table (``layout.PTR_*`` rows)."""
+    if pointer_table.dim() != 2 or pointer_table.shape[0] != L.PTR_TABLE_ROWS or pointer_table.dtype != torch.int64:
+        raise ValueError(f"pointer_table must be int64 [{L.PTR_TABLE_ROWS}, n]; got {pointer_table.dtype} "
+                         f"{tuple(pointer_table.shape)}")
+    rows = pointer_table.tolist()
+    n = pointer_table.shape[1]
+    numels = rows[L.PTR_NUMEL]
     work: list[int] = []
     first: list[int] = []
     counts: list[int] = []
@@ -135,19 +121,18 @@ def build_table(lists: Sequence[Sequence[torch.Tensor] | None], chunk: int,
             work += (i, c)
     if len(work) // 2 >= 2**31:
         raise ValueError("too many chunks for one launch; use a larger chunk size")
-    ptr_table = torch.tensor(rows, dtype=torch.int64).reshape(NUM_LISTS, n)
-    host = [ptr_table, torch.tensor(numels, dtype=torch.int64), torch.tensor(work, dtype=torch.int32).reshape(-1, 2),
+    host = [pointer_table.contiguous(), torch.tensor(work, dtype=torch.int32).reshape(-1, 2),
             torch.tensor(first, dtype=torch.int32), torch.tensor(counts, dtype=torch.int32)]
     if device.type != "cpu":
         host = [t.to(device, non_blocking=True) for t in host]
-    grads = lists[int(LIST_GRAD)]
-    grad_ptrs = rows[int(LIST_GRAD)]
+    else:
+        host[0] = host[0].clone()  # the grad row is rewritten in place: never alias the caller's table
+    static = [p for r in range(L.PTR_NUMEL) if r != L.PTR_GRAD for p in rows[r]]
+    grad_ptrs = rows[L.PTR_GRAD]
     return MultiTensorTable(
         n=n, chunk=chunk, n_work=len(work) // 2, max_chunks=max(counts, default=1),
-        ptrs=host[0], numels=host[1], work=host[2], first_work=host[3], chunks=host[4],
-        lists=tuple(lists),
-        grad_ptrs=grad_ptrs if grads is not None else [],
-        aligned_static=_aligned(used), aligned_grads=_aligned(grad_ptrs) if grads is not None else True,
+        ptrs=host[0], work=host[1], first_work=host[2], chunks=host[3], grad_ptrs=grad_ptrs,
+        aligned_static=_aligned(static), aligned_grads=_aligned(grad_ptrs),
     )
 
 

@@ -47,9 +47,12 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from lrsched_fused.kernels import layout as L
+from lrsched_fused.kernels.layout import dtype_code
 from lrsched_fused.schedules import ScheduleTables
 
-__all__ = ["TensorBatch", "StepContext", "Backend", "BackendUnavailable"]
+__all__ = ["TensorBatch", "StepContext", "Backend", "BackendUnavailable", "dtype_code"]
+
 
 
 class BackendUnavailable(RuntimeError):
@@ -85,9 +88,71 @@ class TensorBatch:
     def __len__(self) -> int:
         return len(self.params)
 
+    def pointer_lists(self) -> list[list[torch.Tensor] | None]:
+        """The tensor lists in pointer-table row order (``layout.PTR_PARAM`` .. ``PTR_MASTER``)."""
+        lists: list[list[torch.Tensor] | None] = [None] * L.PTR_NUMEL
+        lists[L.PTR_PARAM] = self.params
+        lists[L.PTR_GRAD] = self.grads
+        lists[L.PTR_EXP_AVG] = self.exp_avgs
+        lists[L.PTR_EXP_AVG_SQ] = self.exp_avg_sqs
+        lists[L.PTR_MAX_EXP_AVG_SQ] = self.max_exp_avg_sqs
+        lists[L.PTR_MASTER] = self.master_params
+        return lists
+
+    def pointer_table(self) -> torch.Tensor:
+        """The host int64 ``[PTR_TABLE_ROWS, n]`` table every backend reads (see ``kernels/layout.py``):
+        each list's ``data_ptr`` values (0 for an absent list) and the element counts. Built from host
+        metadata only; a backend copies it to its device and caches it (``cached_tables``)."""
+        n = len(self)
+        rows = [[0] * n if lst is None else [t.data_ptr() for t in lst] for lst in self.pointer_lists()]
+        for row, lst in enumerate(rows):
+            if len(lst) != n:
+                raise ValueError(f"TensorBatch lists must have the same length; pointer row {row} has {len(lst)} "
+                                 f"tensors, params has {n}")
+        rows.append([p.numel() for p in self.params])
+        return torch.tensor(rows, dtype=torch.int64).reshape(L.PTR_TABLE_ROWS, n)
+
+    def validate(self) -> None:
+        """``ValueError`` unless every list has one contiguous tensor per parameter, on the parameters'
+        device, with the parameter's element count and the dtype its role requires (grads: the params';
+        moments: one state dtype; master weights: float32). Backends call it when they build tables."""
+        n = len(self.params)
+        if n == 0:
+            return
+        pdt, sdt, dev = self.params[0].dtype, self.exp_avgs[0].dtype, self.params[0].device
+        checks = [("params", self.params, pdt), ("grads", self.grads, pdt), ("exp_avgs", self.exp_avgs, sdt),
+                  ("exp_avg_sqs", self.exp_avg_sqs, sdt)]
+        if self.max_exp_avg_sqs is not None:
+            checks.append(("max_exp_avg_sqs", self.max_exp_avg_sqs, sdt))
+        if self.master_params is not None:
+            checks.append(("master_params", self.master_params, torch.float32))
+        for label, lst, dt in checks:
+            if len(lst) != n:
+                raise ValueError(f"batch.{label} has {len(lst)} tensors; batch.params has {n}")
+            for k, (t, p) in enumerate(zip(lst, self.params)):
+                if t.dtype != dt or t.device != dev or t.numel() != p.numel() or not t.is_contiguous():
+                    raise ValueError(f"batch.{label}[{k}] must be a contiguous {dt} tensor on {dev} with "
+                                     f"{p.numel()} elements; got {t.dtype} on {t.device}, {t.numel()} elements, "
+                                     f"contiguous={t.is_contiguous()}")
+        for name, t in (("group_index", self.group_index), ("steps", self.steps)):
+            if t.numel() != n or t.device != dev or not t.is_contiguous():
+                raise ValueError(f"batch.{name} must be a contiguous tensor of {n} elements on {dev}")
+        if self.group_index.dtype != torch.int64 or self.steps.dtype != torch.float32:
+            raise ValueError("batch.group_index must be int64 and batch.steps float32")
+
+    def _static_lists(self) -> tuple:
+        return (self.params, self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs, self.master_params,
+                self.group_index, self.steps)
+
     def cached_tables(self, key: str, build: Callable[[TensorBatch], Any]) -> Any:
-        """``cache[key]``: built by ``build(self)`` on first use; on later calls its ``refresh_grads(grads)``
-        is called with this step's gradients (the one thing that changes between steps of a batch)."""
+        """``cache[key]``: built by ``build(self)`` on first use, and again whenever a list other than
+        ``grads`` was replaced since (a new list object: the batch's tensors changed); otherwise its
+        ``refresh_grads(grads)`` is called with this step's gradients, the one thing that changes between
+        steps of a batch."""
+        static = self._static_lists()
+        if any(a is not b for a, b in zip(static, self.cache.get("_lists", ()))) or "_lists" not in self.cache:
+            self.cache.clear()
+            self.cache["_lists"] = static
         tables = self.cache.get(key)
         if tables is None:
             tables = self.cache[key] = build(self)

@@ -131,41 +131,14 @@ class TritonBackend:
 
     # -- tables ----------------------------------------------------------------------------------------
     def _table(self, batch: TensorBatch) -> _mt.MultiTensorTable:
-        lists = [None] * _mt.NUM_LISTS
-        lists[int(_mt.LIST_PARAM)] = batch.params
-        lists[int(_mt.LIST_GRAD)] = batch.grads
-        lists[int(_mt.LIST_EXP_AVG)] = batch.exp_avgs
-        lists[int(_mt.LIST_EXP_AVG_SQ)] = batch.exp_avg_sqs
-        lists[int(_mt.LIST_MAX_EXP_AVG_SQ)] = batch.max_exp_avg_sqs
-        lists[int(_mt.LIST_MASTER)] = batch.master_params
-        table = batch.cache.get(_CACHE_KEY)
-        if table is None or not table.matches(lists, self.chunk):
-            self._validate(batch)
-            table = _mt.build_table(lists, self.chunk, batch.device)
-            batch.cache[_CACHE_KEY] = table
-        else:
-            table.refresh_grads(batch.grads)
-        return table
+        cached = batch.cache.get(_CACHE_KEY)
+        if cached is not None and cached.chunk != self.chunk:  # a backend with another chunk size
+            del batch.cache[_CACHE_KEY]
+        return batch.cached_tables(_CACHE_KEY, self._build_table)
 
-    @staticmethod
-    def _validate(batch: TensorBatch) -> None:
-        """Shapes, dtypes, devices and contiguity of the lists (once per table build)."""
-        n = len(batch.params)
-        pdt, sdt, dev = batch.params[0].dtype, batch.exp_avgs[0].dtype, batch.params[0].device
-        checks = [("grads", batch.grads, pdt), ("exp_avgs", batch.exp_avgs, sdt),
-                  ("exp_avg_sqs", batch.exp_avg_sqs, sdt), ("params", batch.params, pdt)]
-        if batch.max_exp_avg_sqs is not None:
-            checks.append(("max_exp_avg_sqs", batch.max_exp_avg_sqs, sdt))
-        if batch.master_params is not None:
-            checks.append(("master_params", batch.master_params, torch.float32))
-        for label, lst, dt in checks:
-            if len(lst) != n:
-                raise ValueError(f"batch.{label} has {len(lst)} tensors; batch.params has {n}")
-            for k, (t, p) in enumerate(zip(lst, batch.params)):
-                if t.dtype != dt or t.device != dev or t.numel() != p.numel() or not t.is_contiguous():
-                    raise ValueError(f"batch.{label}[{k}] must be a contiguous {dt} tensor on {dev} with "
-                                     f"{p.numel()} elements; got {t.dtype} on {t.device}, {t.numel()} elements, "
-                                     f"contiguous={t.is_contiguous()}")
+    def _build_table(self, batch: TensorBatch) -> _mt.MultiTensorTable:
+        batch.validate()
+        return _mt.build_table(batch.pointer_table(), self.chunk, batch.device)
 
     @staticmethod
     def _scalars(table: _mt.MultiTensorTable, ctx: StepContext, clip_div: torch.Tensor | None = None):

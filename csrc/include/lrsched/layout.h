@@ -40,6 +40,28 @@ constexpr int64_t CLOCK_STEPS = 0;
 constexpr int64_t CLOCK_TOKENS = 1;
 constexpr int64_t NUM_CLOCKS = 2;
 
+// --- dtype codes (kernels/layout.py DTYPE_CODES)
+constexpr int64_t DT_F32 = 0;
+constexpr int64_t DT_BF16 = 1;
+constexpr int64_t DT_F16 = 2;
+constexpr int64_t DT_F64 = 3;
+constexpr int64_t NUM_DTYPES = 4;
+
+// --- pointer table: int64 [PTR_TABLE_ROWS, n], addresses (0 where a list is absent) and element counts
+constexpr int64_t PTR_PARAM = 0;
+constexpr int64_t PTR_GRAD = 1;
+constexpr int64_t PTR_EXP_AVG = 2;
+constexpr int64_t PTR_EXP_AVG_SQ = 3;
+constexpr int64_t PTR_MAX_EXP_AVG_SQ = 4;
+constexpr int64_t PTR_MASTER = 5;
+constexpr int64_t PTR_NUMEL = 6;
+constexpr int64_t PTR_TABLE_ROWS = 7;
+
+// --- LAMB phases
+constexpr int64_t LAMB_FUSED = 0;
+constexpr int64_t LAMB_STAGE1 = 1;
+constexpr int64_t LAMB_STAGE2 = 2;
+
 // --- group tables: group_sched int64 [groups, GROUP_SCHED_COLS], hparams float64 [groups, HP_COLS]
 constexpr int64_t GS_FIRST_ROW = 0;
 constexpr int64_t GS_ROWS = 1;
