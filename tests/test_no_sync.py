@@ -24,7 +24,7 @@ import torch
 from helpers import backends_on_cpu, triton_interpreting
 from lrsched_fused import FusedAdamW, FusedLAMB, schedules as S
 from lrsched_fused.kernels import layout as L
-from lrsched_fused.optim import _base
+from lrsched_fused.optim import plan as _plan_module
 
 WSD = S.wsd(peak_lr=1e-2, total_steps=10, warmup_steps=2, decay_steps=3)
 TOKENS = S.chain(S.Phase("linear", 500, 0.0, 1e-2), S.Phase("cosine", 2000, 1e-2, 1e-3), unit="tokens")
@@ -104,7 +104,7 @@ class RecordingBackend:
 @pytest.fixture
 def recording(monkeypatch):
     backend = RecordingBackend()
-    monkeypatch.setattr(_base, "select_backend", lambda name, device: backend)
+    monkeypatch.setattr(_plan_module, "select_backend", lambda name, device: backend)
     return backend
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from helpers import RTOL, backends_on_cpu, max_rel_err, tiny_backward, tiny_model
 from lrsched_fused import FusedAdamW, FusedLAMB, schedules as S
-from lrsched_fused.optim._state import (EXTRA_KEY, STATE_FORMAT_VERSION, clock_from_torch_scheduler,
+from lrsched_fused.checkpoint import (EXTRA_KEY, STATE_FORMAT_VERSION, clock_from_torch_scheduler,
                                         torch_scheduler_for)
 
 BACKENDS = backends_on_cpu()

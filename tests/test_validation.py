@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from helpers import backends_on_cpu, tiny_backward, tiny_model
 from lrsched_fused import FusedAdamW, FusedLAMB, schedules as S
 from lrsched_fused.backends import BackendUnavailable
-from lrsched_fused.optim import _base
+from lrsched_fused.optim import plan as _plan_module
 
 BACKENDS = backends_on_cpu()
 OPTIMIZERS = {"adamw": FusedAdamW, "lamb": FusedLAMB}
@@ -484,7 +484,7 @@ def test_unavailable_backend_fails_before_state_is_created(monkeypatch):
     model = tiny_model()
     opt = _make("adamw", model)
     tiny_backward(model, 0)
-    monkeypatch.setattr(_base, "select_backend", lambda name, device: _NoSuchDtypeBackend())
+    monkeypatch.setattr(_plan_module, "select_backend", lambda name, device: _NoSuchDtypeBackend())
     with pytest.raises(BackendUnavailable, match=r"cannot run torch.float32 params"):
         opt.step()
     assert not opt.state and opt.clock is None

@@ -1,11 +1,13 @@
 """The optimizers: :class:`FusedAdamW`, :class:`FusedLAMB`, :func:`param_groups`, and the helpers that
 move a run between these optimizers and torch's (:func:`torch_scheduler_for`,
-:func:`clock_from_torch_scheduler`)."""
+:func:`clock_from_torch_scheduler`, from :mod:`lrsched_fused.checkpoint`)."""
+
+from lrsched_fused.checkpoint import clock_from_torch_scheduler, torch_scheduler_for
 
 from ._groups import default_no_decay, param_groups
-from ._state import clock_from_torch_scheduler, torch_scheduler_for
 from .adamw import FusedAdamW
+from .base import FusedOptimizer
 from .lamb import FusedLAMB
 
-__all__ = ["FusedAdamW", "FusedLAMB", "param_groups", "default_no_decay", "torch_scheduler_for",
+__all__ = ["FusedAdamW", "FusedLAMB", "FusedOptimizer", "param_groups", "default_no_decay", "torch_scheduler_for",
            "clock_from_torch_scheduler"]

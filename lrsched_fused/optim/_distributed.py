@@ -83,7 +83,8 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from ._plan import is_dtensor, local
+from lrsched_fused.checkpoint import describe_param
+from lrsched_fused.functional import check_state, init_state, is_dtensor, local, read_group, state_dtype_for, wants_master
 
 __all__ = ["ShardReduce", "make_shard_allreduce", "allreduce_flag", "shard_dims", "init_optimizer_state",
            "called_by_dcp_init", "reduce_bucket_sums", "check_global_norm_reducible"]
@@ -228,24 +229,25 @@ def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     clock advances). Calling this first gives DCP a state, so it skips that step. Idempotent; the state of
     parameters that already have one is left alone. Parameters must be contiguous (as for ``step``).
     """
-    if not all(hasattr(optimizer, name) for name in ("_init_state", "_check_existing_state", "_state_dtype_for")):
+    hyper_cls, options = getattr(optimizer, "hyperparams", None), getattr(optimizer, "options", None)
+    if hyper_cls is None or not isinstance(options, dict):
         raise ValueError(f"optimizer must be a FusedAdamW or FusedLAMB; got {type(optimizer).__name__}")
-    groups = optimizer.param_groups
     todo = []
-    for gi, group in enumerate(groups):
-        for p in group["params"]:
+    for gi, group in enumerate(optimizer.param_groups):
+        keys = read_group(group, hyper_cls).hyper.state_keys
+        for index, p in enumerate(group["params"]):
             if not p.requires_grad:
                 continue
             if not local(p).is_contiguous():
                 raise ValueError(f"parameters must be contiguous; a parameter of shape {tuple(p.shape)} in param "
                                  f"group {gi} is not")
-            optimizer._check_existing_state(p, optimizer.state.get(p, {}), gi)
-            todo.append((group, p))
-    for group, p in todo:
+            check_state(p, optimizer.state.get(p, {}), describe_param(group, gi, index, p))
+            todo.append((keys, p))
+    for keys, p in todo:
         st = optimizer.state[p]
         if not st:
-            optimizer._init_state(p, st, group, optimizer._state_dtype_for(p), local(p).device)
-    optimizer._invalidate()
+            init_state(p, st, keys=keys, state_dtype=state_dtype_for(p.dtype, options["state_dtype"]),
+                       master=wants_master(p.dtype, options["master_weights"]), device=local(p).device)
 
 
 def called_by_dcp_init(max_depth: int = 12) -> bool:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
-from lrsched_fused.backends import StepContext
-from lrsched_fused.kernels import layout as L
+import torch
+
+from lrsched_fused.functional import AdamWHyper, GroupTables, adamw
 from lrsched_fused.schedules import Schedule
 
-from ._base import FusedOptimizer
-from ._plan import Plan
-from ._validate import check_betas, check_bool, check_eps, check_weight_decay
+from .base import FusedOptimizer
+from .plan import Plan
 
 __all__ = ["FusedAdamW"]
 
@@ -53,8 +52,8 @@ class FusedAdamW(FusedOptimizer):
     Checkpoints: ``state_dict()`` adds the schedules (plain data in each group), the device clock and the
     options, and loads with ``torch.load(weights_only=True)``; ``load_state_dict`` takes it back on any
     device (the checkpoint's hyperparameters, schedule and clock win) or a ``torch.optim.AdamW`` state dict.
-    ``torch.optim.AdamW`` loads ours; :func:`lrsched_fused.optim._state.torch_scheduler_for` positions a
-    torch scheduler at the clock, :func:`~lrsched_fused.optim._state.clock_from_torch_scheduler` and
+    ``torch.optim.AdamW`` loads ours; :func:`lrsched_fused.checkpoint.torch_scheduler_for` positions a
+    torch scheduler at the clock, :func:`~lrsched_fused.checkpoint.clock_from_torch_scheduler` and
     :meth:`set_clock` go the other way.
 
     Non-finite gradients: with a ``torch.amp.GradScaler`` the scaler's ``found_inf`` skips the update and
@@ -63,7 +62,7 @@ class FusedAdamW(FusedOptimizer):
     (default, as torch) unless ``skip_nonfinite=True``.
     """
 
-    _extra_moment_keys = ("max_exp_avg_sq",)
+    hyperparams = AdamWHyper
 
     def __init__(self, params: Iterable, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
@@ -79,32 +78,8 @@ class FusedAdamW(FusedOptimizer):
         super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite,
                          master_weights=master_weights, state_dtype=state_dtype)
 
-    def _check_group(self, group: dict) -> None:
-        group["betas"] = check_betas(group["betas"])
-        group["eps"] = check_eps(group["eps"])
-        group["weight_decay"] = check_weight_decay(group["weight_decay"])
-        group["amsgrad"] = check_bool(group["amsgrad"], "amsgrad")
-        group["maximize"] = check_bool(group["maximize"], "maximize")
-
-    def _hp_row(self, group: dict) -> list[float]:
-        row = [0.0] * L.HP_COLS
-        row[L.HP_BETA1], row[L.HP_BETA2] = group["betas"]
-        row[L.HP_EPS] = group["eps"]
-        row[L.HP_WEIGHT_DECAY] = group["weight_decay"]
-        row[L.HP_MAXIMIZE] = 1.0 if group["maximize"] else 0.0
-        row[L.HP_BIAS_CORRECTION] = row[L.HP_GRAD_AVERAGING] = row[L.HP_ADAPT] = 1.0
-        row[L.HP_TRUST_MAX] = math.inf
-        return row
-
-    def _bucket_flags(self, group: dict) -> tuple:
-        return (group.get("amsgrad", False),)  # validated with the group before any use
-
-    def _wants_max(self, bucket_key: tuple) -> bool:
-        return bool(bucket_key[3])
-
-    def _extra_keys_for(self, group: dict) -> tuple[str, ...]:
-        return ("max_exp_avg_sq",) if group["amsgrad"] else ()
-
-    def _update(self, plan: Plan, ctx: StepContext) -> None:
+    def _run(self, plan: Plan, tables: GroupTables, found_inf: torch.Tensor | None,
+             grad_scale: torch.Tensor | None) -> None:
         for bucket in plan.buckets:
-            bucket.backend.adamw(bucket.batch, ctx, amsgrad=self._wants_max(bucket.key))
+            adamw(bucket.batch, tables, self._clock, amsgrad=bucket.key.amsgrad, found_inf=found_inf,
+                  grad_scale=grad_scale, backend=bucket.backend)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 import torch
 
-from lrsched_fused.backends import StepContext
+from lrsched_fused._validate import check_positive_or_none
+from lrsched_fused.functional import GroupTables, LambHyper, grad_sumsq, lamb
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import Schedule
 
-from ._base import FusedOptimizer
-from ._plan import Plan
-from ._validate import check_betas, check_bool, check_eps, check_positive_or_none, check_trust_clip, check_weight_decay
+from ._distributed import check_global_norm_reducible, reduce_bucket_sums
+from .base import FusedOptimizer
+from .plan import Plan
 
 __all__ = ["FusedLAMB"]
 
@@ -52,7 +52,7 @@ class FusedLAMB(FusedOptimizer):
     timm Lamb settings onto these options.
     """
 
-    _checkpoint_options = {"max_grad_norm": check_positive_or_none}
+    hyperparams = LambHyper
 
     def __init__(self, params: Iterable, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.01, *, bias_correction: bool = True,
@@ -67,58 +67,38 @@ class FusedLAMB(FusedOptimizer):
                          master_weights=master_weights, state_dtype=state_dtype)
         self._options["max_grad_norm"] = max_grad_norm
 
-    def _check_group(self, group: dict) -> None:
-        group["betas"] = check_betas(group["betas"])
-        group["eps"] = check_eps(group["eps"])
-        group["weight_decay"] = check_weight_decay(group["weight_decay"])
-        for name in ("bias_correction", "grad_averaging", "adapt", "decoupled_decay"):
-            group[name] = check_bool(group[name], name)
-        clip = check_trust_clip(group["trust_clip"])
-        group["trust_clip"] = None if clip is None else tuple(clip)
-
-    def _hp_row(self, group: dict) -> list[float]:
-        row = [0.0] * L.HP_COLS
-        row[L.HP_BETA1], row[L.HP_BETA2] = group["betas"]
-        row[L.HP_EPS] = group["eps"]
-        row[L.HP_WEIGHT_DECAY] = group["weight_decay"]
-        row[L.HP_BIAS_CORRECTION] = float(group["bias_correction"])
-        row[L.HP_GRAD_AVERAGING] = float(group["grad_averaging"])
-        row[L.HP_ADAPT] = float(group["adapt"])
-        lo, hi = group["trust_clip"] if group["trust_clip"] is not None else (0.0, math.inf)
-        row[L.HP_TRUST_MIN], row[L.HP_TRUST_MAX] = lo, hi
-        row[L.HP_DECOUPLED] = float(group["decoupled_decay"])
-        return row
-
-    def _on_plan_built(self, plan: Plan) -> None:
-        self._norms = torch.zeros(len(plan.order), L.NORM_COLS, dtype=torch.float32, device=plan.device)
-        self._extra_telemetry = {"param_norm": self._norms[:, L.NORM_PARAM],
-                                 "update_norm": self._norms[:, L.NORM_UPDATE],
-                                 "trust_ratio": self._norms[:, L.NORM_RATIO]}
-
     def _check_buckets(self, buckets: list[list[torch.Tensor]]) -> None:
         if self._options.get("max_grad_norm") is not None:
-            from ._distributed import check_global_norm_reducible
-
             check_global_norm_reducible(buckets)
 
-    def _clip_div(self, plan: Plan, ctx: StepContext) -> torch.Tensor | None:
+    def _norms(self, plan: Plan) -> torch.Tensor:
+        """float32 ``[n, NORM_COLS]`` per-tensor telemetry of ``plan`` (allocated once per plan)."""
+        norms = plan.extra.get("norms")
+        if norms is None:
+            norms = plan.extra["norms"] = torch.zeros(len(plan.order), L.NORM_COLS, dtype=torch.float32,
+                                                      device=plan.device)
+            self._telemetry = {"param_norm": norms[:, L.NORM_PARAM], "update_norm": norms[:, L.NORM_UPDATE],
+                               "trust_ratio": norms[:, L.NORM_RATIO]}
+        return norms
+
+    def _clip_div(self, plan: Plan, tables: GroupTables, grad_scale: torch.Tensor | None) -> torch.Tensor | None:
         """``max(1, ||g|| / max_grad_norm)`` with ``||g||`` over every gradient (whole tensors, across shards)."""
         max_norm = self._options.get("max_grad_norm")
         if max_norm is None:
             return None
-        totals = torch.stack([bucket.backend.grad_sumsq(bucket.batch, ctx).reshape(()).to(torch.float32)
-                              for bucket in plan.buckets])
+        totals = torch.stack([grad_sumsq(b.batch, tables, self._clock, grad_scale=grad_scale, backend=b.backend)
+                              .reshape(()).to(torch.float32) for b in plan.buckets])
         reducers = [bucket.allreduce for bucket in plan.buckets]
         if any(r is not None for r in reducers):
-            from ._distributed import reduce_bucket_sums
-
             reduce_bucket_sums(totals, reducers)  # sharded buckets summed over their shards; whole ones once
         grad_norm = totals.sum().sqrt()
-        self._extra_telemetry["grad_norm"] = grad_norm
+        self._telemetry["grad_norm"] = grad_norm
         return torch.clamp(grad_norm / max_norm, min=1.0).reshape(1)
 
-    def _update(self, plan: Plan, ctx: StepContext) -> None:
-        clip_div = self._clip_div(plan, ctx)
+    def _run(self, plan: Plan, tables: GroupTables, found_inf: torch.Tensor | None,
+             grad_scale: torch.Tensor | None) -> None:
+        norms = self._norms(plan)
+        clip_div = self._clip_div(plan, tables, grad_scale)
         for bucket in plan.buckets:
-            bucket.backend.lamb(bucket.batch, ctx, norms_out=self._norms[bucket.rows], clip_div=clip_div,
-                                allreduce=bucket.allreduce)
+            lamb(bucket.batch, tables, self._clock, norms_out=norms[bucket.rows], clip_div=clip_div,
+                 allreduce=bucket.allreduce, found_inf=found_inf, grad_scale=grad_scale, backend=bucket.backend)

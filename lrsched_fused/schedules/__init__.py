@@ -26,8 +26,9 @@ def parse(text: str) -> Schedule:
 
 
 def from_dict(data) -> Schedule:
-    """Rebuild a schedule from :meth:`Schedule.to_dict` data."""
-    return Schedule.from_dict(data)
+    """Rebuild a schedule from :meth:`Schedule.to_dict` data. A :class:`Schedule` is returned as it is
+    (optimizers' param groups hold ``Schedule`` objects; their state dicts hold the ``to_dict()`` data)."""
+    return data if isinstance(data, Schedule) else Schedule.from_dict(data)
 
 
 __all__ = ["Phase", "Schedule", "SHAPES", "DECAY_SHAPES", "FORMAT_VERSION", "constant", "linear", "cosine", "wsd",

@@ -1,7 +1,8 @@
-"""Checkpoints of :class:`FusedAdamW` / :class:`FusedLAMB`, and conversion to and from torch optimizers.
+"""Checkpoints of :class:`~lrsched_fused.FusedAdamW` / :class:`~lrsched_fused.FusedLAMB`, and conversion to and
+from torch optimizers (public: ``lrsched_fused.checkpoint``).
 
-``optimizer.state_dict()`` is torch's layout plus one entry, all plain data (tensors, numbers, strings,
-lists, dicts), so it survives ``torch.load(weights_only=True)``::
+``optimizer.state_dict()`` (:func:`finish_state_dict`) is torch's layout plus one entry, all plain data
+(tensors, numbers, strings, lists, dicts), so it survives ``torch.load(weights_only=True)``::
 
     {"state": {param_id: {"step": float32 0-d tensor,          # updates applied to this parameter
                           "exp_avg": ..., "exp_avg_sq": ...,     # moments, in the optimizer's state dtype
@@ -42,15 +43,15 @@ from typing import Any, Sequence
 
 import torch
 
+from lrsched_fused._validate import MAX_CLOCK, as_schedule, check_count
+from lrsched_fused.functional import is_dtensor, local, normalize_group, state_dtype_for
+from lrsched_fused.functional.state import MOMENT_KEYS
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import LRScheduler, Schedule
 
-from ._plan import is_dtensor, local
-from ._validate import MAX_CLOCK, as_schedule, check_count
-
 __all__ = ["STATE_FORMAT_VERSION", "EXTRA_KEY", "GROUP_CLOCK_KEY", "LoadedState", "prepare_load", "pack_extra",
-           "clock_to_plain", "describe_param",
-           "torch_scheduler_for", "clock_from_torch_scheduler"]
+           "finish_state_dict", "clock_to_plain", "describe_param", "torch_scheduler_for",
+           "clock_from_torch_scheduler"]
 
 #: Version of the ``"lrsched_fused"`` entry of the state dict.
 STATE_FORMAT_VERSION = 1
@@ -95,6 +96,28 @@ def pack_extra(clock: torch.Tensor | None, options: Mapping[str, Any]) -> dict[s
     }
 
 
+def finish_state_dict(sd: dict[str, Any], clock: torch.Tensor | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Complete torch's ``Optimizer.state_dict()`` output ``sd`` into this module's layout (in place):
+
+    * every ``step`` an independent tensor (the optimizer keeps them as views into one buffer; DCP and
+      torch expect independent tensors). Moments stay the live tensors, as torch returns them: a state
+      dict is a view of the optimizer, not a snapshot; save it (or copy it) before stepping again;
+    * each group's schedule as :meth:`Schedule.to_dict` data, so the dict is plain data;
+    * the ``"lrsched_fused"`` entry (:func:`pack_extra`) and a copy of the clock in every group
+      (``torch.distributed.checkpoint`` keeps only ``state`` and ``param_groups``).
+
+    Reads the clock on the host (one sync: a checkpoint is not the hot loop).
+    """
+    sd["state"] = {k: {n: (v.clone() if n == "step" else v) for n, v in st.items()} for k, st in sd["state"].items()}
+    sd[EXTRA_KEY] = pack_extra(clock, options)
+    plain = clock_to_plain(clock)
+    for group in sd["param_groups"]:
+        if isinstance(group.get("schedule"), Schedule):
+            group["schedule"] = group["schedule"].to_dict()
+        group[GROUP_CLOCK_KEY] = None if plain is None else list(plain)
+    return sd
+
+
 # ----------------------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------------------
@@ -123,7 +146,7 @@ def _loaded_group(opt, gi: int, current: dict, saved: Any, ours: bool) -> dict:
         new.setdefault("schedule", None)
     elif current.get("schedule") is not None:
         # a torch state dict has no schedules: this optimizer's schedule keeps driving the group
-        new["schedule"], new["lr"] = deepcopy(current["schedule"]), current["lr"]
+        new["schedule"], new["lr"] = current["schedule"], current["lr"]
     else:
         new["schedule"] = None
     if not ours and "lr_scale" not in new:
@@ -132,7 +155,7 @@ def _loaded_group(opt, gi: int, current: dict, saved: Any, ours: bool) -> dict:
         if name != "params":
             new.setdefault(name, deepcopy(default))
     try:
-        opt._normalise_group(new, explicit_lr=True)
+        normalize_group(new, opt.hyperparams, explicit_lr=True)
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{where}: {exc}") from None
     new["params"] = current["params"]
@@ -220,7 +243,7 @@ def _loaded_clock(extra: Mapping | None, saved_groups: Sequence, new_groups: Seq
             values = [max_step, values[L.CLOCK_TOKENS]]
     if values is None:
         values = [max_step, 0]
-        if any(isinstance(g.get("schedule"), Mapping) and g["schedule"].get("unit") == "tokens" for g in new_groups):
+        if any(isinstance(g.get("schedule"), Schedule) and g["schedule"].unit == "tokens" for g in new_groups):
             warnings.warn("the loaded state dict has no clock (a torch optimizer's): the step clock is the largest "
                           "per-parameter step, the token clock starts at 0; set it with opt.set_clock(tokens=...)",
                           RuntimeWarning, stacklevel=4)
@@ -276,10 +299,10 @@ def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
             raise ValueError(f"the loaded state of {where} must be a dict; got {type(st).__name__}")
         if not st:
             continue
-        missing = [k for k in ("step",) + tuple(opt._moment_keys) if k not in st]
+        missing = [k for k in ("step", "exp_avg", "exp_avg_sq") if k not in st]
         if missing:
             raise ValueError(f"the loaded state of {where} lacks {missing}")
-        pdev, shape, sdt = local(p).device, local(p).shape, opt._state_dtype_for(p)
+        pdev, shape, sdt = local(p).device, local(p).shape, state_dtype_for(p.dtype, opt.options["state_dtype"])
         new: dict[str, Any] = {}
         for k, v in st.items():
             if k == "step":
@@ -287,7 +310,7 @@ def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
                 new[k] = step.to(device=pdev, copy=True)
                 steps.append(step)
                 step_wheres.append(where)
-            elif k in opt._moment_keys or k in opt._extra_moment_keys:
+            elif k in MOMENT_KEYS:
                 new[k] = _state_tensor(v, where, k, shape, pdev, sdt)
             elif k == "master_param":
                 new[k] = _state_tensor(v, where, k, shape, pdev, torch.float32)
@@ -303,13 +326,13 @@ def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
 
 
 def _loaded_options(opt, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options that are hyperparameters (``opt._checkpoint_options``, e.g. LAMB's ``max_grad_norm``):
+    """Options that are hyperparameters (``opt.hyperparams.checkpoint_options``, e.g. LAMB's ``max_grad_norm``):
     the checkpoint's value wins, as for the param groups' hyperparameters. Runtime choices (backend,
     skip_nonfinite, master_weights, state_dtype) stay with the loading optimizer."""
     if not isinstance(options, Mapping):
         raise ValueError(f"state_dict[{EXTRA_KEY!r}]['options'] must be a dict")
     out = {}
-    for name, check in opt._checkpoint_options.items():
+    for name, check in opt.hyperparams.checkpoint_options.items():
         if name in options:
             out[name] = check(options[name], f"the checkpoint's option {name}")
     return out

@@ -1,0 +1,352 @@
+"""The ``torch.optim.Optimizer`` face shared by :class:`FusedAdamW` and :class:`FusedLAMB`.
+
+A step is a straight line, each arrow one module's job::
+
+    param_groups --tables.read_groups--> GroupConfig per group (validated; nothing changes yet)
+                 --plan.reusable_grads / check_new_plan--> the cached Plan, or a checked PlanDraft
+    ---- everything above may raise ValueError; nothing below does for bad input ----
+    plan.build_plan (first step, or after a change: creates state) --> tables.TablesCache.commit
+        --> functional.adamw / functional.lamb per bucket (backend kernels) --> functional.advance
+
+After the step that builds the plan, a step makes no ``.item()`` call and no host read of a device value:
+everything it decides on the host comes from host data (param groups, tensor metadata).
+
+Learning rate of a param group (``lr_scale`` defaults to 1)::
+
+    lr_t = lr_scale * (schedule(clock) if the group has a schedule else group["lr"])
+
+``clock`` is the optimizer's device counter: updates applied so far (``unit="steps"``) or tokens
+consumed so far (``unit="tokens"``, advanced by ``step(tokens=...)``); the first update uses clock 0.
+A skipped step (non-finite gradients: a GradScaler's ``found_inf``, or ``skip_nonfinite=True``)
+advances neither the clock nor the per-parameter ``step``. By default (``skip_nonfinite=False``, as
+torch) non-finite gradients are applied like any others.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any, Callable, ClassVar, Iterable
+
+import torch
+
+from lrsched_fused import checkpoint as C
+from lrsched_fused._validate import as_schedule, check_bool, check_count
+from lrsched_fused.backends import BACKENDS
+from lrsched_fused.functional import (SUPPORTED_DTYPES, GroupTables, advance, check_state_dtype_option, local,
+                                      normalize_group)
+from lrsched_fused.kernels import layout as L
+from lrsched_fused.schedules import Schedule
+
+from . import _distributed
+from .plan import Plan, build_plan, check_new_plan, grad_entries, reusable_grads
+from .step_inputs import check_tokens, nonfinite_flag, scalar_attr, tokens_tensor
+from .tables import TablesCache, read_groups
+
+__all__ = ["FusedOptimizer"]
+
+_SET_ERROR = ("params must be an ordered collection (a list), not a set: the order of parameters must be the same "
+              "between runs for state dicts to load")
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base class: subclasses name their hyperparameters (``hyperparams``) and run the buckets (``_run``)."""
+
+    #: GradScaler hands ``grad_scale`` / ``found_inf`` to ``step`` instead of unscaling the grads.
+    _step_supports_amp_scaling = True
+    #: the per-group hyperparameters (``functional.AdamWHyper`` / ``functional.LambHyper``)
+    hyperparams: ClassVar[type]
+
+    def __init__(self, params: Iterable, defaults: dict[str, Any], *, backend: str = "auto",
+                 skip_nonfinite: bool = False, master_weights: bool = False, state_dtype: Any = None) -> None:
+        if backend != "auto" and backend not in BACKENDS:
+            raise ValueError(f"backend must be one of 'auto', {', '.join(repr(b) for b in BACKENDS)}; got {backend!r}")
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(_SET_ERROR)
+        self._options = {"backend": backend, "skip_nonfinite": check_bool(skip_nonfinite, "skip_nonfinite"),
+                         "master_weights": check_bool(master_weights, "master_weights"),
+                         "state_dtype": check_state_dtype_option(state_dtype)}
+        self._init_runtime()
+        defaults = dict(defaults, schedule=None)
+        defaults.setdefault("lr_scale", 1.0)
+        normalize_group(defaults, self.hyperparams, explicit_lr=True)
+        super().__init__(params, defaults)
+
+    def _init_runtime(self, clock: torch.Tensor | None = None) -> None:
+        """Caches and device buffers (not part of the pickled state except the clock)."""
+        self._plan: Plan | None = None
+        self._clock: torch.Tensor | None = clock
+        self._lr_out: torch.Tensor | None = None
+        self._tables = TablesCache()
+        self._telemetry: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_options"] = self._options
+        state["_clock"] = self._clock
+        return state
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The constructor's options (``backend``, ``skip_nonfinite``, ``master_weights``, ``state_dtype``,
+        and the algorithm's own, e.g. LAMB's ``max_grad_norm``); a copy."""
+        return dict(self._options)
+
+    # ------------------------------------------------------------------------------------------------
+    # subclass hooks
+    # ------------------------------------------------------------------------------------------------
+    def _run(self, plan: Plan, tables: GroupTables, found_inf: torch.Tensor | None,
+             grad_scale: torch.Tensor | None) -> None:
+        """Update every bucket of ``plan`` (``functional.adamw`` / ``functional.lamb``); never the clock."""
+        raise NotImplementedError
+
+    def _check_buckets(self, buckets: list[list[torch.Tensor]]) -> None:
+        """Check a new plan's buckets (lists of parameters) before any state exists."""
+
+    # ------------------------------------------------------------------------------------------------
+    # param groups, schedule, clock
+    # ------------------------------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (as torch). Its parameters are checked here: real floating dtypes (fp32, bf16, fp16,
+        fp64), contiguous, each listed once, all on one device with the optimizer's other parameters."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict; got {type(param_group).__name__}")
+        group = dict(param_group)
+        params = group.get("params")
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError(_SET_ERROR)
+        else:
+            params = list(params)
+        gi = len(getattr(self, "param_groups", []))
+        self._check_new_params([p[1] if isinstance(p, tuple) else p for p in params], gi)
+        explicit_lr = "lr" in param_group
+        for name, default in self.defaults.items():
+            if name != "params":
+                group.setdefault(name, deepcopy(default))
+        if explicit_lr and "schedule" not in param_group:
+            group["schedule"] = None
+        try:
+            normalize_group(group, self.hyperparams, explicit_lr=explicit_lr)
+        except ValueError as exc:
+            raise ValueError(f"param_groups[{gi}]: {exc}") from None
+        group["params"] = params
+        super().add_param_group(group)
+        self._plan = None
+
+    def _check_new_params(self, tensors: list, gi: int) -> None:
+        seen: set[int] = set()
+        devices = {local(p).device for g in getattr(self, "param_groups", []) for p in g["params"]}
+        for index, p in enumerate(tensors):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors; param_groups[{gi}]['params'][{index}] is a "
+                                f"{type(p).__name__}")
+            where = f"param_groups[{gi}]['params'][{index}] of shape {tuple(p.shape)}"
+            if p.is_complex() or p.dtype not in SUPPORTED_DTYPES:
+                raise ValueError(f"{where} has dtype {p.dtype}; parameters must be float32, bfloat16, float16 or "
+                                 "float64 (complex parameters: optimize torch.view_as_real(p) instead)")
+            if not local(p).is_contiguous():
+                raise ValueError(f"{where} is not contiguous (strides {local(p).stride()}); the fused kernels update "
+                                 "flat memory: make it contiguous before creating the optimizer (e.g. "
+                                 "p.data = p.data.contiguous(); channels_last parameters are not supported)")
+            if id(p) in seen:
+                raise ValueError(f"{where} appears twice in the group; each parameter may appear once")
+            seen.add(id(p))
+            devices.add(local(p).device)
+            if len(devices) > 1:
+                raise ValueError(f"{where} is on {local(p).device} but other parameters are on "
+                                 f"{sorted(str(d) for d in devices - {local(p).device})}; all parameters of one "
+                                 "optimizer must be on one device (create one optimizer per device)")
+
+    def set_schedule(self, schedule: Schedule | None, group: int | None = None) -> None:
+        """Drive ``param_groups[group]`` (all groups if ``None``) with ``schedule`` (``None``: follow
+        ``group["lr"]`` again). The same as assigning ``group["schedule"] = schedule``: it changes table data
+        only, nothing recompiles, the clock keeps counting, so ``S.rewarm(old, at_step=current_step, ...)``
+        continues seamlessly. Takes effect at the next step."""
+        if schedule is not None:
+            schedule = as_schedule(schedule)
+            if schedule is None:
+                raise ValueError("schedule must be a Schedule, its to_dict() data, or None")
+        if group is not None and not (isinstance(group, int) and 0 <= group < len(self.param_groups)):
+            raise ValueError(f"group must be None or an index in [0, {len(self.param_groups)}); got {group!r}")
+        for g in self.param_groups if group is None else [self.param_groups[group]]:
+            g["schedule"] = schedule
+            if schedule is not None:
+                g["lr"] = schedule.peak
+
+    def set_clock(self, steps: int | None = None, tokens: int | None = None) -> None:
+        """Set the device clock: ``steps`` updates applied, ``tokens`` tokens consumed (``None`` keeps a
+        value). E.g. ``opt.set_clock(steps=clock_from_torch_scheduler(torch_scheduler))`` after loading a
+        torch optimizer's state. Per-parameter ``step`` counts (bias correction) are not changed."""
+        values = {L.CLOCK_STEPS: None if steps is None else check_count(steps, "steps"),
+                  L.CLOCK_TOKENS: None if tokens is None else check_count(tokens, "tokens")}
+        if self._clock is None:
+            self._clock = torch.zeros(L.NUM_CLOCKS, dtype=torch.int64, device=self._params_device())
+        for index, value in values.items():
+            if value is not None:
+                self._clock[index] = value
+
+    def _params_device(self) -> torch.device:
+        for g in self.param_groups:
+            for p in g["params"]:
+                return local(p).device
+        return torch.device("cpu")
+
+    @property
+    def clock(self) -> torch.Tensor | None:
+        """The device clock (int64 ``[2]``: updates applied, tokens consumed), ``None`` before the first step."""
+        return self._clock
+
+    # ------------------------------------------------------------------------------------------------
+    # the step
+    # ------------------------------------------------------------------------------------------------
+    @torch.compiler.disable
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, *, tokens: int | torch.Tensor | None = None):
+        """One update of every parameter that has a gradient.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (as torch optimizers).
+            tokens: tokens consumed by this update; advances the token clock (required when a group's
+                schedule counts tokens). An int in ``[0, 2**63)`` or a one-element integer tensor (no host
+                sync either way; a tensor's value is therefore not range-checked).
+
+        Everything is checked before anything changes: a step that raises leaves parameters, state and
+        clock as they were. ``p.grad`` is never modified (a GradScaler's scale is divided out inside the
+        kernel, so ``p.grad`` stays scaled after ``scaler.step(opt)``).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not self.state and _distributed.called_by_dcp_init():
+            # torch.distributed.checkpoint materialises state by stepping with zero grads and lr 0; a
+            # schedule ignores that lr, so create the state without an update instead
+            _distributed.init_optimizer_state(self)
+            return loss
+        # ---- 1. check (nothing changes) ----
+        groups = self.param_groups
+        configs = read_groups(groups, self.hyperparams)
+        plan = self._plan
+        grads = reusable_grads(plan, groups, self.state, configs) if plan is not None else None
+        if grads is None:  # first step, or params / grads / state / amsgrad changed: a new plan
+            plan, entries = None, grad_entries(groups)
+            if not entries:
+                return loss
+            draft = check_new_plan(entries, groups, self.state, configs, self._options, self._check_buckets)
+            device = draft.device
+        else:
+            device = plan.device
+        uses_tokens = any(c.schedule is not None and c.schedule.unit == "tokens" for c in configs)
+        tokens_v = check_tokens(tokens, uses_tokens)
+        found_inf = scalar_attr(self, "found_inf", device)
+        grad_scale = scalar_attr(self, "grad_scale", device)
+        # ---- 2. run ----
+        if plan is None:
+            plan = self._adopt_plan(build_plan(draft, groups, self.state, configs))
+        else:
+            for bucket in plan.buckets:
+                bucket.batch.grads = grads[bucket.rows]
+        tables = self._tables.commit(configs, groups, device)
+        tokens_t = tokens_tensor(plan, tokens_v)
+        if self._options["skip_nonfinite"]:
+            found_inf = nonfinite_flag(plan, plan.buckets, found_inf)
+        self._run(plan, tables, found_inf, grad_scale)
+        advance(tables, self._clock, plan.steps, self._lr_out, tokens=tokens_t, found_inf=found_inf,
+                backend=plan.primary)
+        return loss
+
+    def _adopt_plan(self, plan: Plan) -> Plan:
+        """Make ``plan`` current; the clock and the lr telemetry follow it to its device."""
+        device = plan.device
+        if self._clock is None or self._clock.device != device:
+            clock = torch.zeros(L.NUM_CLOCKS, dtype=torch.int64, device=device)
+            if self._clock is not None:
+                clock.copy_(self._clock)
+            self._clock = clock
+        n = len(self.param_groups)
+        if self._lr_out is None or self._lr_out.device != device or self._lr_out.numel() != n:
+            self._lr_out = torch.zeros(n, dtype=torch.float32, device=device)
+        self._plan = plan
+        return plan
+
+    # ------------------------------------------------------------------------------------------------
+    # telemetry
+    # ------------------------------------------------------------------------------------------------
+    def telemetry(self) -> dict[str, Any]:
+        """Device tensors describing the last step, read without a host sync:
+
+        * ``lr``: float32 ``[groups]``, the lr each group used;
+        * ``clock``: int64 ``[2]``, (updates applied, tokens consumed) so far;
+        * ``params``: the parameters in the row order of the per-tensor tensors below;
+        * ``param_norm``, ``update_norm``, ``trust_ratio``: float32 ``[n]`` (LAMB only);
+        * ``grad_norm``: float32 scalar, the global gradient norm (LAMB with ``max_grad_norm``).
+        """
+        out: dict[str, Any] = {"lr": self._lr_out, "clock": self._clock,
+                               "params": list(self._plan.order) if self._plan else []}
+        out.update(self._telemetry)
+        return out
+
+    def get_last_lr(self) -> list[float]:
+        """The lr each group used in the last step; before any step (or right after loading a state
+        dict), the lr the next step will use. Reads the device: call it for logging, not in a hot loop."""
+        if self._lr_out is None:
+            clock = self._clock.tolist() if self._clock is not None else [0] * L.NUM_CLOCKS
+            return [c.lr_at(clock) for c in read_groups(self.param_groups, self.hyperparams)]
+        return [float(x) for x in self._lr_out.tolist()]
+
+    # ------------------------------------------------------------------------------------------------
+    # state dict (lrsched_fused.checkpoint)
+    # ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus ``"lrsched_fused"``: format version, device clock, options, and a copy of
+        the clock in each param group (see :mod:`lrsched_fused.checkpoint`). Plain data: loads with
+        ``torch.load(weights_only=True)``; the schedules are the groups' ``"schedule"`` dicts;
+        ``torch.optim.AdamW`` can load it. Reads the clock on the host (one sync)."""
+        return C.finish_state_dict(super().state_dict(), self._clock, self._options)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of this class, or of ``torch.optim.AdamW`` (fused or not).
+
+        Moments go to the parameters' devices in this optimizer's state dtype (fp32 for bf16/fp16
+        parameters by default: no round trip through the parameter dtype), ``step`` becomes a 0-d float32
+        tensor on the parameter's device. The checkpoint's hyperparameters, schedules and clock win over
+        the constructor's (a torch state dict has no schedules: a group with a schedule keeps it, and the
+        step clock becomes the largest ``step``). A state that does not fit raises ``ValueError`` before
+        anything changes.
+        """
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"state_dict must be a dict; got {type(state_dict).__name__}")
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        loaded = C.prepare_load(self, state_dict)
+        # ---- adopt (nothing above changed the optimizer) ----
+        self.__setstate__({"state": loaded.state, "param_groups": loaded.groups})
+        self._clock = loaded.clock
+        self._options.update(loaded.options)
+        self._lr_out = None
+        self._telemetry = {}
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        options = state.pop("_options", None)
+        clock = state.pop("_clock", None)
+        super().__setstate__(state)
+        if not hasattr(self, "_options"):  # unpickled or deep-copied
+            self._options = options or {"backend": "auto", "skip_nonfinite": False, "master_weights": False,
+                                        "state_dtype": None}
+            self._init_runtime(clock)
+        else:
+            self._plan = None
+            self._tables.invalidate()
+        for g in self.param_groups:
+            g.setdefault("lr_scale", 1.0)
+            g["schedule"] = as_schedule(g.get("schedule"))
+            for name, default in self.defaults.items():
+                if name != "params":
+                    g.setdefault(name, deepcopy(default))

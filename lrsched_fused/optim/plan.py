@@ -1,0 +1,237 @@
+"""The cached *plan* of an optimizer: its tensors sorted into buckets, each bucket's batch and backend.
+
+A step checks a plan in two ways, both from host metadata only (no device value is read):
+
+* :func:`reusable_grads`: is the cached plan still the optimizer (same parameters in the same groups,
+  the same ones with gradients, the same storage, the same state entries, the same amsgrad flags)? Then
+  only this step's gradients are new. This is the per-step host cost of a step, so every pass is a
+  C-level ``map`` over the tensors (about 2000 tensors in well under a millisecond).
+* otherwise :func:`check_new_plan` validates everything a new plan needs and changes nothing (a failed
+  step leaves the optimizer as it was); :func:`build_plan` then creates the missing state and the batches.
+
+One bucket per :class:`BucketKey` (parameter dtype, state dtype, master weights, amsgrad): one kernel
+launch sequence per bucket, whatever its number of tensors.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter, is_
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from lrsched_fused.backends import Backend, select_backend
+from lrsched_fused.checkpoint import describe_param
+from lrsched_fused.functional import (GroupConfig, TensorBatch, check_state, init_state, is_dtensor, local, make_batch,
+                                      state_dtype_for, wants_master)
+
+from ._distributed import make_shard_allreduce
+
+__all__ = ["BucketKey", "Bucket", "Plan", "PlanDraft", "grad_entries", "reusable_grads", "check_new_plan", "build_plan",
+           "grad_of"]
+
+_GRAD = attrgetter("grad")
+_DATA_PTR = torch.Tensor.data_ptr
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
+
+
+def _is_not_none(x: Any) -> bool:
+    return x is not None
+
+
+@dataclass(frozen=True)
+class BucketKey:
+    """What makes tensors share one kernel launch: dtypes, master weights, amsgrad maxima."""
+
+    param_dtype: torch.dtype
+    state_dtype: torch.dtype
+    master: bool
+    amsgrad: bool
+
+
+@dataclass
+class Bucket:
+    """The tensors of one :class:`BucketKey` and the backend that updates them."""
+
+    key: BucketKey
+    backend: Backend
+    batch: TensorBatch
+    params: list[torch.Tensor]            # the optimizer's parameters (DTensors stay DTensors here)
+    rows: slice                           # rows of this bucket in the plan's steps / norms buffers
+    allreduce: Callable[[torch.Tensor], None] | None = None
+    has_dtensor: bool = False             # any parameter is a DTensor (found-inf flags agree across ranks)
+    group_rows: list[int] = field(default_factory=list)  # host copy of batch.group_index (no device reads)
+
+
+@dataclass
+class Plan:
+    """Everything a step reuses while the parameters, the presence of gradients and the state stay the same."""
+
+    device: torch.device
+    order: list[torch.Tensor]             # params with gradients in row order (buckets back to back)
+    states: list[dict]                    # the state dict object of each param in `order`
+    state_values: list                    # every value of every dict in `states`, in order (identity checked)
+    steps: torch.Tensor                   # float32 [n]: per-param update counts (state["step"] are views)
+    buckets: list[Bucket]
+    all_params: list[torch.Tensor]        # every param of every group, in group order
+    has_grad: list[bool]                  # which of `all_params` had a gradient
+    order_index: list[int]                # position in `all_params` of each param in `order`
+    order_group: list[int]                # param group of each param in `order`
+    amsgrad: list[bool]                   # each group's amsgrad flag (selects state tensors)
+    param_ptrs: list[int]                 # data_ptr of each (local) param in `order`
+    has_dtensor: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)   # per-plan buffers of the optimizer (tokens, norms)
+
+    @property
+    def primary(self) -> Backend:
+        """The backend that runs the step's ``advance`` (one launch for the whole optimizer)."""
+        return self.buckets[0].backend
+
+
+@dataclass
+class PlanDraft:
+    """A plan checked but not built: what :func:`build_plan` needs, computed without changing anything."""
+
+    device: torch.device
+    entries: list[tuple[int, torch.Tensor]]               # (group index, param) of the params with gradients
+    grads: dict[int, torch.Tensor]                       # id(param) -> the gradient the kernels read
+    buckets: dict[BucketKey, list[tuple[int, torch.Tensor]]]
+    backends: dict[BucketKey, Backend]
+
+
+def grad_entries(groups: Sequence[Mapping]) -> list[tuple[int, torch.Tensor]]:
+    """``(group index, param)`` of every parameter that has a gradient, in group order."""
+    return [(gi, p) for gi, group in enumerate(groups) for p in group["params"] if p.grad is not None]
+
+
+def where(groups: Sequence[Mapping], gi: int, p: torch.Tensor) -> str:
+    group = groups[gi]
+    index = next((i for i, q in enumerate(group["params"]) if q is p), -1)
+    return describe_param(group, gi, index, p)
+
+
+def grad_of(groups: Sequence[Mapping], gi: int, p: torch.Tensor) -> torch.Tensor:
+    """The gradient the kernels read (a contiguous copy if ``p.grad`` is not contiguous), checked."""
+    g = p.grad
+    if g.is_sparse or g.layout != torch.strided:
+        raise ValueError(f"the gradient of {where(groups, gi, p)} is sparse ({g.layout}); sparse gradients are not "
+                         "supported (use torch.optim.SparseAdam)")
+    if g.dtype != p.dtype:
+        raise ValueError(f"the gradient of {where(groups, gi, p)} has dtype {g.dtype}; it must have the parameter's "
+                         f"dtype {p.dtype}")
+    g = local(g)
+    if g.shape != local(p).shape:
+        raise ValueError(f"the gradient of {where(groups, gi, p)} has shape {tuple(g.shape)}; it must have the "
+                         f"parameter's shape {tuple(local(p).shape)}")
+    if g.device != local(p).device:
+        raise ValueError(f"the gradient of {where(groups, gi, p)} is on {g.device}; it must be on the parameter's "
+                         f"device {local(p).device}")
+    return g if g.is_contiguous() else g.contiguous()
+
+
+def reusable_grads(plan: Plan, groups: Sequence[Mapping], state: Mapping, configs: Sequence[GroupConfig]
+                   ) -> list[torch.Tensor] | None:
+    """The kernels' gradients in the plan's row order if ``plan`` still describes the optimizer, else ``None``."""
+    flat = [p for g in groups for p in g["params"]]
+    if len(flat) != len(plan.all_params) or not all(map(is_, flat, plan.all_params)):
+        return None
+    grads_all = list(map(_GRAD, flat))
+    if list(map(_is_not_none, grads_all)) != plan.has_grad:
+        return None
+    if [c.hyper.amsgrad for c in configs] != plan.amsgrad:
+        return None
+    grads = [grads_all[i] for i in plan.order_index]
+    params = plan.order
+    if plan.has_dtensor:
+        grads = [local(g) for g in grads]
+        params = [local(p) for p in params]
+    if list(map(_DATA_PTR, params)) != plan.param_ptrs:
+        return None
+    if not all(map(is_, map(state.get, plan.order), plan.states)):
+        return None
+    # every entry of every state dict, in one C-level pass: a replaced, added or removed entry rebuilds
+    values = list(chain.from_iterable(map(dict.values, plan.states)))
+    if len(values) != len(plan.state_values) or not all(map(is_, values, plan.state_values)):
+        return None
+    try:  # torch guarantees p.grad's dtype, shape and device; sparse grads raise here
+        dense = all(map(_IS_CONTIGUOUS, grads))
+    except RuntimeError:
+        dense = False
+    if not dense:
+        grads = [grad_of(groups, gi, p) for p, gi in zip(plan.order, plan.order_group)]
+    return grads
+
+
+def check_new_plan(entries: list[tuple[int, torch.Tensor]], groups: Sequence[Mapping], state: Mapping,
+                   configs: Sequence[GroupConfig], options: Mapping[str, Any],
+                   check_buckets: Callable[[list[list[torch.Tensor]]], None] | None = None) -> PlanDraft:
+    """Everything a new plan needs, checked (``ValueError`` / ``BackendUnavailable``); changes nothing."""
+    devices = {local(p).device for _, p in entries}
+    if len(devices) > 1:
+        raise ValueError(f"all parameters must be on one device; got {sorted(str(d) for d in devices)} "
+                         "(create one optimizer per device)")
+    device = devices.pop()
+    grads: dict[int, torch.Tensor] = {}
+    buckets: dict[BucketKey, list[tuple[int, torch.Tensor]]] = defaultdict(list)
+    for gi, p in entries:
+        here = where(groups, gi, p)
+        if p.is_complex() or p.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            raise ValueError(f"{here}: parameters must be float32, bfloat16, float16 or float64")
+        if not local(p).is_contiguous():
+            raise ValueError(f"{here} is not contiguous (strides {local(p).stride()}); the fused kernels update flat "
+                             "memory: make parameters contiguous (p.data = p.data.contiguous())")
+        grads[id(p)] = grad_of(groups, gi, p)
+        check_state(p, state.get(p, {}), here)
+        key = BucketKey(p.dtype, state_dtype_for(p.dtype, options["state_dtype"]),
+                        wants_master(p.dtype, options["master_weights"]), configs[gi].hyper.amsgrad)
+        buckets[key].append((gi, p))
+    if check_buckets is not None:
+        check_buckets([[p for _, p in items] for items in buckets.values()])
+    backends = {}
+    for key in buckets:
+        backend = select_backend(options["backend"], device)
+        backend.check(device, key.param_dtype, key.state_dtype)
+        backends[key] = backend
+    return PlanDraft(device=device, entries=entries, grads=grads, buckets=dict(buckets), backends=backends)
+
+
+def build_plan(draft: PlanDraft, groups: Sequence[Mapping], state: Mapping, configs: Sequence[GroupConfig]) -> Plan:
+    """Create the missing state of the draft's parameters and lay the buckets out (the run phase)."""
+    device = draft.device
+    for key, items in draft.buckets.items():
+        for gi, p in items:
+            init_state(p, state[p], keys=configs[gi].hyper.state_keys, state_dtype=key.state_dtype,
+                       master=key.master, device=device)
+    order: list[torch.Tensor] = []
+    group_rows: list[int] = []
+    spans = []
+    for key, items in draft.buckets.items():
+        spans.append((key, len(order), len(order) + len(items)))
+        for gi, p in items:
+            order.append(p)
+            group_rows.append(gi)
+    states = [state[p] for p in order]
+    steps = torch.stack([st["step"].detach().reshape(()).to(device=device, dtype=torch.float32) for st in states])
+    for i, st in enumerate(states):  # every state["step"] becomes a view into the one steps buffer
+        st["step"] = steps[i]
+    group_index = torch.tensor(group_rows, dtype=torch.int64, device=device)
+    buckets = []
+    for key, lo, hi in spans:
+        params = order[lo:hi]
+        batch = make_batch(params, [draft.grads[id(p)] for p in params], states[lo:hi], steps=steps[lo:hi],
+                           group_index=group_index[lo:hi], amsgrad=key.amsgrad, master=key.master)
+        has_dtensor = any(is_dtensor(p) for p in params)
+        buckets.append(Bucket(key=key, backend=draft.backends[key], batch=batch, params=params, rows=slice(lo, hi),
+                              allreduce=make_shard_allreduce(params) if has_dtensor else None,
+                              has_dtensor=has_dtensor, group_rows=group_rows[lo:hi]))
+    all_params = [p for g in groups for p in g["params"]]
+    position = {id(p): i for i, p in enumerate(all_params)}
+    return Plan(device=device, order=order, states=states,
+                state_values=list(chain.from_iterable(map(dict.values, states))), steps=steps, buckets=buckets,
+                all_params=all_params, has_grad=[p.grad is not None for p in all_params],
+                order_index=[position[id(p)] for p in order], order_group=group_rows,
+                amsgrad=[c.hyper.amsgrad for c in configs], param_ptrs=[local(p).data_ptr() for p in order],
+                has_dtensor=any(is_dtensor(p) for p in order))

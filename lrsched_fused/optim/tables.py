@@ -1,0 +1,91 @@
+"""The optimizer's group tables on the device, kept in step with its param groups.
+
+Every step reads each group (:func:`~lrsched_fused.functional.read_group`: validated, nothing changed),
+then commits: the schedule tables are re-encoded only when a group's schedule changed (schedules are
+immutable values, compared by identity, then by value), the float64 hyperparameter table is copied to
+the device only when a row changed, into the same buffer when its shape allows (kernels and captured
+graphs keep their pointer). A group whose schedule drives it and whose ``lr`` was edited since gets one
+warning: the schedule wins.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping, Sequence
+
+import torch
+
+from lrsched_fused.functional import GroupConfig, GroupTables, read_group
+from lrsched_fused.schedules import Schedule, encode_tables
+
+__all__ = ["read_groups", "TablesCache"]
+
+
+def read_groups(groups: Sequence[Mapping], hyper_cls: type) -> list[GroupConfig]:
+    """Each group's :class:`GroupConfig`, validated; ``ValueError`` names the group."""
+    configs = []
+    for gi, g in enumerate(groups):
+        try:
+            configs.append(read_group(g, hyper_cls))
+        except ValueError as exc:
+            raise ValueError(f"param_groups[{gi}]: {exc}") from None
+    return configs
+
+
+def _same(a: Sequence[Schedule], b: Sequence[Schedule] | None) -> bool:
+    return b is not None and len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b))
+
+
+class TablesCache:
+    """The :class:`~lrsched_fused.functional.GroupTables` of an optimizer, on its device."""
+
+    def __init__(self) -> None:
+        self.tables: GroupTables | None = None
+        self._schedules: tuple[Schedule, ...] | None = None
+        self._rows: list[list[float]] | None = None
+        self._lr_written: list[float] = []
+        self._warned_lr = False
+
+    def invalidate(self) -> None:
+        """Forget what was encoded (the next commit re-encodes and re-copies everything)."""
+        self._schedules = None
+        self._rows = None
+
+    def commit(self, configs: Sequence[GroupConfig], groups: Sequence[dict], device: torch.device) -> GroupTables:
+        """The tables for ``configs`` on ``device``, reusing what did not change."""
+        schedules = tuple(c.kernel_schedule for c in configs)
+        tables = self.tables
+        if not _same(schedules, self._schedules) or tables is None or tables.sched.ints.device != device:
+            sched = encode_tables(schedules, device)
+            self._schedules = schedules
+            self._lr_written = [g["lr"] for g in groups]
+        else:
+            sched = tables.sched
+        self._warn_lr_edit(groups)
+        rows = [c.row() for c in configs]
+        hparams = None if tables is None else tables.hparams
+        if rows != self._rows or hparams is None or hparams.device != device:
+            host = torch.tensor(rows, dtype=torch.float64)
+            if hparams is not None and hparams.shape == host.shape and hparams.device == device:
+                hparams.copy_(host, non_blocking=True)
+            else:
+                hparams = host.to(device, non_blocking=True)
+            self._rows = rows
+        if tables is None or sched is not tables.sched or hparams is not tables.hparams:
+            self.tables = GroupTables(sched, hparams)
+        for g, c in zip(groups, configs):  # a schedule assigned as to_dict() data is kept as the Schedule object
+            if c.schedule is not None and g.get("schedule") is not c.schedule:
+                g["schedule"] = c.schedule
+        return self.tables
+
+    def _warn_lr_edit(self, groups: Sequence[dict]) -> None:
+        if self._warned_lr:
+            return
+        for gi, g in enumerate(groups):
+            if (g.get("schedule") is not None and gi < len(self._lr_written)
+                    and not (type(g["lr"]) is float and g["lr"] == self._lr_written[gi])):
+                self._warned_lr = True
+                warnings.warn("param_groups[i]['lr'] was changed while a schedule drives that group; the schedule "
+                              "wins. Use opt.set_schedule(None) to follow group['lr'] instead.", RuntimeWarning,
+                              stacklevel=5)
+                return
