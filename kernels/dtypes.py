@@ -17,7 +17,6 @@ numpy's correctly rounded cast in the interpreter). float64 values are narrowed 
 
 from __future__ import annotations
 
-import torch
 import triton.language as tl
 
 from ._jit import device_jit

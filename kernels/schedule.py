@@ -9,7 +9,7 @@ the starts over ``PHASE_BLOCK`` rows (a power of two, at least 16, so ordinary s
 re-warms never recompile) and a count. The progress comes from an exact int64 offset,
 ``p = (t - start) / span`` and ``q = 1 - p = (span - (t - start)) / span``, so clocks near 2**40 lose
 nothing before the single float32 division. Values follow ``Phase.value_at`` (the float64 reference in
-``lrsched_fused/schedules/_spec.py``), computed in float32 in forms that avoid cancellation:
+``lrsched_fused/schedules/_phase.py``), computed in float32 in forms that avoid cancellation:
 
 ==========  ====================================================================================
 constant    ``v0``

@@ -35,7 +35,7 @@ import triton.language as tl  # noqa: E402
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from helpers import RTOL, max_rel_err, requires_triton  # noqa: E402
-from lrsched_fused import schedules as S  # noqa: E402
+from lrsched_fused import functional as F, schedules as S  # noqa: E402
 from lrsched_fused.backends import StepContext, TensorBatch  # noqa: E402
 from lrsched_fused.kernels import layout as L  # noqa: E402
 from lrsched_fused.kernels.bias_correction import one_minus_pow  # noqa: E402
@@ -79,13 +79,13 @@ class Group:
     decoupled: bool = False
 
     def row(self) -> list[float]:
-        r = [0.0] * L.HP_COLS
-        r[L.HP_LR_SCALE], r[L.HP_BETA1], r[L.HP_BETA2], r[L.HP_EPS] = self.lr_scale, self.b1, self.b2, self.eps
-        r[L.HP_WEIGHT_DECAY], r[L.HP_MAXIMIZE] = self.wd, float(self.maximize)
-        r[L.HP_BIAS_CORRECTION], r[L.HP_GRAD_AVERAGING] = float(self.bias_correction), float(self.grad_averaging)
-        r[L.HP_ADAPT], r[L.HP_TRUST_MIN], r[L.HP_TRUST_MAX] = float(self.adapt), self.trust[0], self.trust[1]
-        r[L.HP_DECOUPLED] = float(self.decoupled)
-        return r
+        """One table row serving both kernels (each reads only its columns), from the public builders."""
+        lamb = F.LambHyper(betas=(self.b1, self.b2), eps=self.eps, weight_decay=self.wd,
+                           bias_correction=self.bias_correction, grad_averaging=self.grad_averaging, adapt=self.adapt,
+                           trust_clip=self.trust, decoupled_decay=self.decoupled).row(self.lr_scale)
+        adamw = F.AdamWHyper(betas=(self.b1, self.b2), eps=self.eps, weight_decay=self.wd,
+                             maximize=self.maximize).row(self.lr_scale)
+        return [adamw[c] if c == L.HP_MAXIMIZE else v for c, v in enumerate(lamb)]
 
 
 @dataclass

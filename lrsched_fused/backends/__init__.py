@@ -21,6 +21,8 @@ import os
 import warnings
 import torch
 
+from lrsched_fused.schedules import Schedule, encode_tables, register_evaluator
+
 from ._api import Backend, BackendUnavailable, StepContext, TensorBatch
 
 __all__ = ["Backend", "BackendUnavailable", "StepContext", "TensorBatch", "get_backend", "select_backend",
@@ -104,3 +106,18 @@ def select_backend(name: str, device: torch.device) -> Backend:
                       "falling back to the slow 'reference' backend", RuntimeWarning, stacklevel=3)
     return _load("reference")
 
+
+def _schedule_evaluator(name: str):
+    """``schedules.evaluate(..., backend=name)``: the backend's kernel evaluator (float32 values)."""
+    def evaluate(schedule: Schedule, steps: torch.Tensor) -> torch.Tensor:
+        impl = _load(name)
+        device = steps.device
+        if name == "cuda" or (name == "triton" and torch.cuda.is_available() and device.type == "cpu"):
+            device = torch.device("cuda") if torch.cuda.is_available() else device
+        return impl.evaluate_schedule(encode_tables([schedule], device), steps.to(device))
+    return evaluate
+
+
+for _name in BACKENDS:
+    if _name != "reference":  # "reference" in schedules.evaluate is the float64 Schedule.__call__ itself
+        register_evaluator(_name, _schedule_evaluator(_name))

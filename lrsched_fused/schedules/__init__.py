@@ -5,13 +5,13 @@
 >>> sched(0), sched(100), sched(1000)
 (0.0, 0.0003, 0.0)
 
-See :mod:`lrsched_fused.schedules._spec` for the phase shapes and :mod:`._constructors` for the
+See :mod:`lrsched_fused.schedules._phase` for the phase shapes and :mod:`._constructors` for the
 indexing conventions.
 """
 
 from ._adapter import LRScheduler
 from ._constructors import DECAY_SHAPES, constant, cosine, infinite, linear, power, rewarm, rex, wsd
-from ._evaluate import evaluate
+from ._evaluate import evaluate, evaluators, register_evaluator
 from ._parse import parse_schedule as _parse_schedule
 from ._spec import FORMAT_VERSION, SHAPES, Phase, Schedule, chain, tabulated
 from ._tables import ScheduleTables, encode_tables
@@ -32,5 +32,6 @@ def from_dict(data) -> Schedule:
 
 
 __all__ = ["Phase", "Schedule", "SHAPES", "DECAY_SHAPES", "FORMAT_VERSION", "constant", "linear", "cosine", "wsd",
-           "rex", "power", "infinite", "rewarm", "chain", "tabulated", "evaluate", "LRScheduler", "parse",
+           "rex", "power", "infinite", "rewarm", "chain", "tabulated", "evaluate", "register_evaluator", "evaluators",
+           "LRScheduler", "parse",
            "from_dict", "ScheduleTables", "encode_tables", "CONSTRUCTORS"]

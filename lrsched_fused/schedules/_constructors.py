@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._spec import Phase, Schedule, _check_count, _check_finite, _shape_name
+from ._phase import Phase, _check_count, _check_finite, _shape_name
+from ._spec import Schedule
 
 __all__ = ["constant", "linear", "cosine", "wsd", "rex", "power", "infinite", "rewarm", "DECAY_SHAPES"]
 

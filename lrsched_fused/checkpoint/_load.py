@@ -1,64 +1,27 @@
-"""Checkpoints of :class:`~lrsched_fused.FusedAdamW` / :class:`~lrsched_fused.FusedLAMB`, and conversion to and
-from torch optimizers (public: ``lrsched_fused.checkpoint``).
-
-``optimizer.state_dict()`` (:func:`finish_state_dict`) is torch's layout plus one entry, all plain data
-(tensors, numbers, strings, lists, dicts), so it survives ``torch.load(weights_only=True)``::
-
-    {"state": {param_id: {"step": float32 0-d tensor,          # updates applied to this parameter
-                          "exp_avg": ..., "exp_avg_sq": ...,     # moments, in the optimizer's state dtype
-                          ["max_exp_avg_sq"], ["master_param"]}},
-     "param_groups": [{"lr": float, "schedule": Schedule.to_dict() data or None, "lr_scale": float,
-                       "clock": [updates applied, tokens consumed] or None (a copy in every group),
-                       <hyperparameters>, "params": [param ids]}],
-     "lrsched_fused": {"format": STATE_FORMAT_VERSION,
-                       "clock": int64 [2] (updates applied, tokens consumed) or None (no step yet),
-                       "options": {"backend": ..., "skip_nonfinite": ..., "master_weights": ...,
-                                   "state_dtype": ..., ["max_grad_norm"]}}}
-
-The clock is also written into every param group because ``torch.distributed.checkpoint``
-(``get_optimizer_state_dict``) keeps only ``state`` and ``param_groups``; the top-level entry wins when
-both are there. ``torch.optim.AdamW`` loads the state dict as it is (it reads ``state`` and
-``param_groups`` and keeps unknown group keys); :func:`torch_scheduler_for` then positions a torch
-scheduler at the clock (and drops the group copies of the clock, which a torch optimizer would not
-advance). A torch AdamW state dict (fused or not) loads into ``FusedAdamW``: its groups carry no
-schedules (a group of the loading optimizer that has one keeps it) and the step clock is the largest
-per-parameter ``step`` (the token clock is then unknown: 0, with a warning if a schedule counts tokens).
-A group clock behind the largest ``step`` is stale (the state came back from a torch optimizer that
-trained on): the steps win, with a warning.
-
-Loading validates everything first (:func:`prepare_load` builds the new groups, state and clock without
-touching the optimizer) and raises ``ValueError`` naming the group, the parameter and the entry that do
-not fit; only then does the optimizer adopt them.
-"""
+"""Loading a state dict: everything is validated and built first (:func:`prepare_load`), without touching
+the optimizer, which then adopts the result (see :mod:`lrsched_fused.checkpoint`)."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
-import warnings
 from typing import Any, Sequence
 
 import torch
 
-from lrsched_fused._validate import MAX_CLOCK, as_schedule, check_count
+from lrsched_fused._validate import MAX_CLOCK, check_count
 from lrsched_fused.functional import is_dtensor, local, normalize_group, state_dtype_for
 from lrsched_fused.functional.state import MOMENT_KEYS
 from lrsched_fused.kernels import layout as L
-from lrsched_fused.schedules import LRScheduler, Schedule
+from lrsched_fused.schedules import Schedule
 
-__all__ = ["STATE_FORMAT_VERSION", "EXTRA_KEY", "GROUP_CLOCK_KEY", "LoadedState", "prepare_load", "pack_extra",
-           "finish_state_dict", "clock_to_plain", "describe_param", "torch_scheduler_for",
-           "clock_from_torch_scheduler"]
+from ._format import EXTRA_KEY, GROUP_CLOCK_KEY, STATE_FORMAT_VERSION, describe_param
 
-#: Version of the ``"lrsched_fused"`` entry of the state dict.
-STATE_FORMAT_VERSION = 1
-#: Key of that entry.
-EXTRA_KEY = "lrsched_fused"
-#: Key of the clock copy in each saved param group (see the module docstring).
-GROUP_CLOCK_KEY = "clock"
+__all__ = ["LoadedState", "prepare_load", "clock_values"]
 
 
 @dataclass
@@ -71,56 +34,6 @@ class LoadedState:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def describe_param(group: Mapping, gi: int, index: int, p: torch.Tensor | None = None) -> str:
-    """``param_groups[gi]['params'][index]`` plus its name (named parameters), shape and dtype."""
-    where = f"param_groups[{gi}]['params'][{index}]"
-    names = group.get("param_names") if isinstance(group, Mapping) else None
-    if isinstance(names, (list, tuple)) and index < len(names):
-        where += f" ({names[index]!r})"
-    if isinstance(p, torch.Tensor):
-        where += f" of shape {tuple(local(p).shape)} and dtype {str(p.dtype).replace('torch.', '')}"
-    return where
-
-
-def clock_to_plain(clock: torch.Tensor | None) -> list[int] | None:
-    """The clock as ``[steps, tokens]`` Python ints (one host read), ``None`` before the first step."""
-    return None if clock is None else [int(v) for v in clock.detach().to("cpu").tolist()]
-
-
-def pack_extra(clock: torch.Tensor | None, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``"lrsched_fused"`` entry: format version, clock copy, options as plain data."""
-    return {
-        "format": STATE_FORMAT_VERSION,
-        "clock": None if clock is None else clock.detach().clone(),
-        "options": {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in options.items()},
-    }
-
-
-def finish_state_dict(sd: dict[str, Any], clock: torch.Tensor | None, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Complete torch's ``Optimizer.state_dict()`` output ``sd`` into this module's layout (in place):
-
-    * every ``step`` an independent tensor (the optimizer keeps them as views into one buffer; DCP and
-      torch expect independent tensors). Moments stay the live tensors, as torch returns them: a state
-      dict is a view of the optimizer, not a snapshot; save it (or copy it) before stepping again;
-    * each group's schedule as :meth:`Schedule.to_dict` data, so the dict is plain data;
-    * the ``"lrsched_fused"`` entry (:func:`pack_extra`) and a copy of the clock in every group
-      (``torch.distributed.checkpoint`` keeps only ``state`` and ``param_groups``).
-
-    Reads the clock on the host (one sync: a checkpoint is not the hot loop).
-    """
-    sd["state"] = {k: {n: (v.clone() if n == "step" else v) for n, v in st.items()} for k, st in sd["state"].items()}
-    sd[EXTRA_KEY] = pack_extra(clock, options)
-    plain = clock_to_plain(clock)
-    for group in sd["param_groups"]:
-        if isinstance(group.get("schedule"), Schedule):
-            group["schedule"] = group["schedule"].to_dict()
-        group[GROUP_CLOCK_KEY] = None if plain is None else list(plain)
-    return sd
-
-
-# ----------------------------------------------------------------------------------------------------
-# loading
-# ----------------------------------------------------------------------------------------------------
 def _number(value: Any, what: str) -> Any:
     """A one-element tensor hyperparameter of a torch state dict (torch allows tensor lr / betas) as a
     float; everything else unchanged (validated later)."""
@@ -211,7 +124,7 @@ def _check_steps(steps: list[torch.Tensor], wheres: list[str]) -> int:
     return int(max(values))
 
 
-def _clock_values(clock: Any, what: str) -> list[int]:
+def clock_values(clock: Any, what: str) -> list[int]:
     t = torch.as_tensor(clock)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or tuple(t.shape) != (L.NUM_CLOCKS,):
         raise ValueError(f"{what} must be an int64 tensor (or list of ints) of shape [{L.NUM_CLOCKS}] (updates "
@@ -228,10 +141,10 @@ def _loaded_clock(extra: Mapping | None, saved_groups: Sequence, new_groups: Seq
     values = None
     if extra is not None and "clock" in extra:
         clock = extra["clock"]
-        values = [0] * L.NUM_CLOCKS if clock is None else _clock_values(clock, "the checkpoint's clock")
+        values = [0] * L.NUM_CLOCKS if clock is None else clock_values(clock, "the checkpoint's clock")
     elif all(isinstance(g, Mapping) and GROUP_CLOCK_KEY in g for g in saved_groups) and saved_groups:
         copies = [None if g[GROUP_CLOCK_KEY] is None else
-                  _clock_values(g[GROUP_CLOCK_KEY], f"loaded param_groups[{gi}]['{GROUP_CLOCK_KEY}']")
+                  clock_values(g[GROUP_CLOCK_KEY], f"loaded param_groups[{gi}]['{GROUP_CLOCK_KEY}']")
                   for gi, g in enumerate(saved_groups)]
         if any(c != copies[0] for c in copies):
             raise ValueError(f"the loaded param groups hold different clocks {copies}; they are copies of one clock")
@@ -336,71 +249,3 @@ def _loaded_options(opt, options: Mapping[str, Any]) -> dict[str, Any]:
         if name in options:
             out[name] = check(options[name], f"the checkpoint's option {name}")
     return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# torch schedulers <-> the clock
-# ----------------------------------------------------------------------------------------------------
-def _source_groups_and_clock(source) -> tuple[list[Mapping], int]:
-    if isinstance(source, torch.optim.Optimizer) and hasattr(source, "clock"):
-        clock = source.clock
-        steps = 0 if clock is None else int(clock[L.CLOCK_STEPS])
-        return list(source.param_groups), steps
-    if isinstance(source, Mapping) and "param_groups" in source:
-        groups = list(source["param_groups"])
-        extra = source.get(EXTRA_KEY)
-        if isinstance(extra, Mapping) and "clock" in extra:
-            clock = extra["clock"]
-        else:
-            clock = groups[0].get(GROUP_CLOCK_KEY) if groups and isinstance(groups[0], Mapping) else None
-        steps = 0 if clock is None else _clock_values(clock, "the source's clock")[L.CLOCK_STEPS]
-        return groups, steps
-    raise ValueError("source must be a FusedAdamW / FusedLAMB or its state_dict(); got "
-                     f"{type(source).__name__}")
-
-
-def torch_scheduler_for(optimizer: torch.optim.Optimizer, source) -> LRScheduler:
-    """A torch scheduler that makes ``optimizer`` (any ``torch.optim`` optimizer, e.g. ``torch.optim.AdamW``
-    after ``load_state_dict(fused.state_dict())``) continue the lr of ``source`` (a ``FusedAdamW`` /
-    ``FusedLAMB`` or its ``state_dict()``).
-
-    The fused optimizer's next update uses ``lr = lr_scale * schedule(c)`` with ``c`` its step clock; a
-    torch scheduler whose ``last_epoch`` is ``c`` sets the same lr (it has stepped ``c`` times: torch's
-    scheduler sets ``schedule(last_epoch)`` for the coming update, and the first update uses
-    ``schedule(0)``). So this returns ``lrsched_fused.schedules.LRScheduler(optimizer, schedules,
-    last_epoch=c - 1)`` (its constructor steps once), with ``initial_lr`` filled in as torch requires when
-    resuming. A group without a schedule keeps a constant lr (``constant(group["lr"])``). Call
-    ``scheduler.step()`` after each ``optimizer.step()`` as usual.
-
-    Raises ``ValueError`` when a group's schedule counts tokens (a torch scheduler steps once per update:
-    no position corresponds to a token clock) or the group counts differ.
-    """
-    from lrsched_fused.schedules import constant
-
-    groups, clock = _source_groups_and_clock(source)
-    if len(groups) != len(optimizer.param_groups):
-        raise ValueError(f"source has {len(groups)} param groups; optimizer has {len(optimizer.param_groups)}")
-    scheds: list[Schedule] = []
-    for gi, g in enumerate(groups):
-        sched = as_schedule(g.get("schedule"))
-        if sched is None:
-            sched = constant(float(g["lr"]))
-        if sched.unit != "steps":
-            raise ValueError(f"param_groups[{gi}]'s schedule counts {sched.unit}; a torch scheduler steps once per "
-                             "update, so only schedules over steps convert")
-        scheds.append(sched)
-    for g, src, sched in zip(optimizer.param_groups, groups, scheds):
-        g["lr_scale"] = float(src.get("lr_scale", 1.0))
-        g.setdefault("initial_lr", sched.peak)
-        g.pop(GROUP_CLOCK_KEY, None)  # a torch optimizer does not advance it: drop the stale copy
-    return LRScheduler(optimizer, scheds, last_epoch=clock - 1)
-
-
-def clock_from_torch_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler) -> int:
-    """The step clock matching a torch scheduler's position: ``scheduler.last_epoch`` (the number of
-    ``scheduler.step()`` calls after its construction step, i.e. of updates applied when the scheduler is
-    stepped once per update, as torch prescribes). Pass it to ``FusedOptimizer.set_clock(steps=...)``."""
-    last = getattr(scheduler, "last_epoch", None)
-    if isinstance(last, bool) or not isinstance(last, int) or last < 0:
-        raise ValueError(f"scheduler.last_epoch must be an int >= 0 (a constructed torch scheduler); got {last!r}")
-    return last
