@@ -140,16 +140,10 @@ def _build_ours(op: str, backend: str) -> Callable[[Case, Inputs], Runner]:
 
 
 def _hparams_row(op: str) -> torch.Tensor:
-    from lrsched_fused.kernels import layout as L
+    """The one-group hyperparameter table of ours' settings for ``op`` (the backend call's ``ctx.hparams``)."""
+    from .hparams import hparams_row, hparams_table
 
-    row = torch.zeros(1, L.HP_COLS, dtype=torch.float64)
-    row[0, L.HP_LR_SCALE] = 1.0
-    row[0, L.HP_BETA1], row[0, L.HP_BETA2] = BETAS
-    row[0, L.HP_EPS] = EPS[op]
-    row[0, L.HP_WEIGHT_DECAY] = WEIGHT_DECAY
-    row[0, L.HP_BIAS_CORRECTION] = row[0, L.HP_GRAD_AVERAGING] = row[0, L.HP_ADAPT] = 1.0
-    row[0, L.HP_TRUST_MIN], row[0, L.HP_TRUST_MAX] = 0.0, math.inf
-    return row
+    return hparams_table([hparams_row(betas=BETAS, eps=EPS[op], weight_decay=WEIGHT_DECAY)])
 
 
 def _build_ours_kernel(op: str, lamb_scratch: int | None = None) -> Callable[[Case, Inputs], Runner]:

@@ -118,12 +118,16 @@ def make_data(case: Case, seed: int = 0) -> tuple[list[torch.Tensor], list[torch
     return params, grads
 
 
-def bytes_per_param(op: str, param_dtype: torch.dtype, state_dtype: torch.dtype) -> int:
-    """Minimum bytes moved per parameter by one step (see the module docstring)."""
+def bytes_per_param(op: str, param_dtype: torch.dtype, state_dtype: torch.dtype, master: bool = False) -> int:
+    """Minimum bytes moved per parameter by one step (see the module docstring). ``master``: AdamW on
+    low-precision params with fp32 master weights also reads and writes the master copy (+8 B: bf16
+    params with fp32 moments and master, 30 B)."""
     p = torch.empty((), dtype=param_dtype).element_size()
     s = torch.empty((), dtype=state_dtype).element_size()
+    if op not in ("adamw", "lamb"):
+        raise ValueError(f"op must be 'adamw' or 'lamb'; got {op!r}")
+    if master and op != "adamw":
+        raise ValueError("bytes with master weights are counted for AdamW only")
     if op == "adamw":
-        return 3 * p + 4 * s
-    if op == "lamb":
-        return 4 * p + 6 * s
-    raise ValueError(f"op must be 'adamw' or 'lamb'; got {op!r}")
+        return 3 * p + 4 * s + (8 if master else 0)
+    return 4 * p + 6 * s

@@ -134,8 +134,35 @@ def test_bytes_per_param_counts():
     assert bytes_per_param("adamw", f32, f32) == 28
     assert bytes_per_param("adamw", bf16, f32) == 22
     assert bytes_per_param("adamw", bf16, bf16) == 14
+    assert bytes_per_param("adamw", bf16, f32, master=True) == 30  # + fp32 master read and written
     assert bytes_per_param("lamb", f32, f32) == 40
     assert bytes_per_param("lamb", bf16, f32) == 32
+    with pytest.raises(ValueError):
+        bytes_per_param("lamb", bf16, f32, master=True)
+    with pytest.raises(ValueError):
+        bytes_per_param("sgd", f32, f32)
+
+
+def test_hparams_row_sets_each_column():
+    from bench.hparams import hparams_row, hparams_table
+    from lrsched_fused.kernels import layout as L
+
+    row = hparams_row(lr_scale=0.5, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, maximize=True,
+                      bias_correction=False, grad_averaging=False, adapt=False, trust_clamp=(0.01, 10.0),
+                      decoupled=True)
+    want = {L.HP_LR_SCALE: 0.5, L.HP_BETA1: 0.8, L.HP_BETA2: 0.99, L.HP_EPS: 1e-6, L.HP_WEIGHT_DECAY: 0.1,
+            L.HP_MAXIMIZE: 1.0, L.HP_BIAS_CORRECTION: 0.0, L.HP_GRAD_AVERAGING: 0.0, L.HP_ADAPT: 0.0,
+            L.HP_TRUST_MIN: 0.01, L.HP_TRUST_MAX: 10.0, L.HP_DECOUPLED: 1.0}
+    assert len(row) == L.HP_COLS and set(want) == set(range(L.HP_COLS))
+    assert row == [want[c] for c in range(L.HP_COLS)]
+    default = hparams_row()
+    assert default[L.HP_TRUST_MAX] == math.inf and default[L.HP_BIAS_CORRECTION] == 1.0 == default[L.HP_ADAPT]
+    table = hparams_table([default, row])
+    assert table.dtype == torch.float64 and table.shape == (2, L.HP_COLS)
+    # the benchmark's C++ call uses ours' settings
+    adamw = I._hparams_row("adamw")
+    assert adamw.shape == (1, L.HP_COLS) and adamw[0, L.HP_EPS] == I.EPS["adamw"]
+    assert adamw[0, L.HP_WEIGHT_DECAY] == I.WEIGHT_DECAY and tuple(adamw[0, [L.HP_BETA1, L.HP_BETA2]]) == I.BETAS
 
 
 def test_floor_moves_the_same_bytes_as_our_step():
