@@ -165,6 +165,37 @@ def test_hparams_row_sets_each_column():
     assert adamw[0, L.HP_WEIGHT_DECAY] == I.WEIGHT_DECAY and tuple(adamw[0, [L.HP_BETA1, L.HP_BETA2]]) == I.BETAS
 
 
+@pytest.mark.cpu_ext
+@pytest.mark.skipif(not have_backend("cpu"), reason="the C++ extension is not built")
+def test_quick_times_one_case_without_csv(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.quick", "--params", "20K", "--tensors", "7", "--threads", "1",
+                           "--rounds", "2", "--warmup", "1"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env=_env_with_repo())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for text in ("ours-kernel", "torch-fused", "floor", "C++ call LAMB / AdamW", "of the in-place-add floor"):
+        assert text in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_quick_rejects_bad_arguments(capsys):
+    from bench.quick import parse_args
+
+    assert parse_args([]).impls == ["ours", "ours-kernel", "torch-fused", "floor"]
+    with pytest.raises(SystemExit):
+        parse_args(["--impls", "nope"])
+    with pytest.raises(SystemExit):
+        parse_args(["--params", "10", "--tensors", "50"])
+    assert "--tensors 50" in capsys.readouterr().err
+
+
+def _env_with_repo() -> dict:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
 def test_floor_moves_the_same_bytes_as_our_step():
     case = Case(1_000_000, 50, "fp32", 1)
     assert I._floor_elems("adamw", case) * 12 >= 28 * case.params > (I._floor_elems("adamw", case) - 1) * 12
