@@ -118,7 +118,7 @@ def test_state_dict_before_the_first_step_loads():
     assert sd[EXTRA_KEY]["clock"] is None and sd["state"] == {}
     opt = FusedAdamW(tiny_model().parameters(), lr=0.5, backend="reference")
     opt.load_state_dict(sd)
-    assert opt.clock.tolist() == [0, 0] and opt.param_groups[0]["schedule"] == SCHED.to_dict()
+    assert opt.clock.tolist() == [0, 0] and opt.param_groups[0]["schedule"] == SCHED
     assert opt.get_last_lr() == [SCHED(0)]
 
 
@@ -442,7 +442,7 @@ def test_torch_adamw_with_scheduler_state_loads_into_scheduled_fused_adamw(fused
     ours = FusedAdamW(model.parameters(), lr=SCHED, backend=backend)
     ours.load_state_dict(sd)
     assert ours.clock.tolist() == [clock_from_torch_scheduler(scheduler), 0] == [5, 0]
-    assert ours.param_groups[0]["schedule"] == SCHED.to_dict()  # this optimizer's schedule keeps driving
+    assert ours.param_groups[0]["schedule"] == SCHED  # this optimizer's schedule keeps driving
     assert ours.get_last_lr() == [SCHED(5)]
     _train(torch_model, theirs, 5, 10, scheduler)
     _train(model, ours, 5, 10)
@@ -508,7 +508,7 @@ def test_clock_travels_in_the_param_groups_when_the_top_level_entry_is_dropped()
     fresh = FusedLAMB([{"params": fresh_params[:2]}, {"params": fresh_params[2:]}], lr=1e-3, backend="reference")
     fresh.load_state_dict(dcp_like)
     assert fresh.clock.tolist() == [3, 195]
-    assert fresh.param_groups[0]["schedule"] == sched.to_dict() and fresh.param_groups[1]["schedule"] is None
+    assert fresh.param_groups[0]["schedule"] == sched and fresh.param_groups[1]["schedule"] is None
     assert all("clock" not in g for g in fresh.param_groups)  # the copy is not kept in the live groups
     bad = deepcopy(dcp_like)
     bad["param_groups"][1]["clock"] = [4, 195]
@@ -533,7 +533,7 @@ def test_stale_group_clock_after_a_torch_optimizer_trained_on_is_replaced_by_the
     back = FusedAdamW(tiny_model().parameters(), lr=1e-3, backend="reference")
     with pytest.warns(RuntimeWarning, match=r"clock \(3 updates\) is behind the largest per-parameter step \(7\)"):
         back.load_state_dict(_through_disk(theirs.state_dict()))
-    assert back.clock.tolist() == [7, 0] and back.param_groups[0]["schedule"] == SCHED.to_dict()
+    assert back.clock.tolist() == [7, 0] and back.param_groups[0]["schedule"] == SCHED
 
 
 def test_torch_scheduler_for_drops_the_group_clock_copies():
