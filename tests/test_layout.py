@@ -54,3 +54,19 @@ def test_compiled_extension_uses_the_same_layout():
     compiled, py = _cpu.layout(), python_constants()
     assert set(compiled) == set(py)
     assert {k: compiled[k] for k in py} == py
+    assert _cpu.DTYPE_CODES == L.DTYPE_CODES
+
+
+@pytest.mark.cpu_ext
+@pytest.mark.skipif(importlib.util.find_spec("lrsched_fused._cpu") is None, reason="CPU extension not built")
+def test_compiled_extension_supports_the_documented_dtype_combinations():
+    """``_cpu.supported`` (csrc/include/lrsched/dtypes.h, shared with the CUDA sources) takes layout codes."""
+    import torch  # noqa: F401  (torch first: one OpenMP runtime)
+    from lrsched_fused import _cpu  # noqa: E402
+
+    want = {("float32", "float32", False), ("float32", "bfloat16", False), ("float64", "float64", False)}
+    want |= {(p, s, m) for p, s in [("bfloat16", "float32"), ("bfloat16", "bfloat16"), ("float16", "float32"),
+                                    ("float16", "float16")] for m in (False, True)}
+    got = {(p, s, m) for p in L.DTYPE_CODES for s in L.DTYPE_CODES for m in (False, True)
+           if _cpu.supported(L.DTYPE_CODES[p], L.DTYPE_CODES[s], m)}
+    assert got == want

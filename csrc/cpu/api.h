@@ -4,18 +4,19 @@
 
 #include <cstdint>
 
+#include <lrsched/dtypes.h>
+#include <lrsched/layout.h>
 #include <lrsched/step_tables.h>
 
 namespace lrsched {
 namespace cpu {
 
-enum DType : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3 };
-
-/// The tensors of one bucket as parallel pointer arrays (length ``n``).
+/// The tensors of one bucket as parallel pointer arrays (length ``n``): the rows of the pointer table
+/// (layout::PTR_*) that bindings.cpp receives from Python.
 struct TensorTable {
   int64_t n = 0;
-  int pdtype = kF32;                        // parameter (and gradient) dtype
-  int sdtype = kF32;                        // moment dtype
+  int64_t pdtype = layout::DT_F32;          // parameter (and gradient) dtype, a layout::DT_* code
+  int64_t sdtype = layout::DT_F32;          // moment dtype
   void* const* param = nullptr;
   const void* const* grad = nullptr;
   void* const* exp_avg = nullptr;
@@ -26,9 +27,8 @@ struct TensorTable {
 };
 
 using lrsched::StepTables;  // csrc/include/lrsched/step_tables.h
-
-/// Whether (param dtype, state dtype, master weights) has kernels.
-bool supported(int pdtype, int sdtype, bool master);
+/// Whether (param dtype, state dtype, master weights) has kernels (csrc/include/lrsched/dtypes.h).
+using lrsched::supported;
 
 /// One AdamW update of every tensor (moments, params; not the steps).
 void adamw(const TensorTable& tt, const StepTables& st, bool amsgrad, int threads);

@@ -24,23 +24,26 @@ T* ptr(int64_t address) {
   return reinterpret_cast<T*>(static_cast<intptr_t>(address));
 }
 
-/// ``table``: address of an int64 [7, n] array whose rows are the data pointers of params, grads, exp_avgs,
-/// exp_avg_sqs, max_exp_avg_sqs (or 0), master params (or 0), and the numels.
-TensorTable tensor_table(int64_t table, int64_t n, int pdtype, int sdtype, bool has_max, bool has_master) {
+/// ``table``: address of the host pointer table, int64 [layout::PTR_TABLE_ROWS, n] (TensorBatch.pointer_table():
+/// row PTR_PARAM .. PTR_MASTER the data pointers of each list, 0 where absent; row PTR_NUMEL the numels).
+/// The lists behind rows PTR_MAX_EXP_AVG_SQ and PTR_MASTER are used only when ``has_max`` / ``has_master``.
+TensorTable tensor_table(int64_t table, int64_t n, int64_t pdtype, int64_t sdtype, bool has_max, bool has_master) {
+  namespace L = lrsched::layout;
   if (!supported(pdtype, sdtype, has_master))
     throw py::value_error("lrsched_fused._cpu: unsupported (param dtype, state dtype, master) combination");
   const int64_t* rows = ptr<const int64_t>(table);
+  auto row = [&](int64_t r) { return rows + r * n; };
   TensorTable tt;
   tt.n = n;
   tt.pdtype = pdtype;
   tt.sdtype = sdtype;
-  tt.param = reinterpret_cast<void* const*>(rows + 0 * n);
-  tt.grad = reinterpret_cast<const void* const*>(rows + 1 * n);
-  tt.exp_avg = reinterpret_cast<void* const*>(rows + 2 * n);
-  tt.exp_avg_sq = reinterpret_cast<void* const*>(rows + 3 * n);
-  tt.max_exp_avg_sq = has_max ? reinterpret_cast<void* const*>(rows + 4 * n) : nullptr;
-  tt.master = has_master ? reinterpret_cast<float* const*>(rows + 5 * n) : nullptr;
-  tt.numel = rows + 6 * n;
+  tt.param = reinterpret_cast<void* const*>(row(L::PTR_PARAM));
+  tt.grad = reinterpret_cast<const void* const*>(row(L::PTR_GRAD));
+  tt.exp_avg = reinterpret_cast<void* const*>(row(L::PTR_EXP_AVG));
+  tt.exp_avg_sq = reinterpret_cast<void* const*>(row(L::PTR_EXP_AVG_SQ));
+  tt.max_exp_avg_sq = has_max ? reinterpret_cast<void* const*>(row(L::PTR_MAX_EXP_AVG_SQ)) : nullptr;
+  tt.master = has_master ? reinterpret_cast<float* const*>(row(L::PTR_MASTER)) : nullptr;
+  tt.numel = row(L::PTR_NUMEL);
   return tt;
 }
 
@@ -56,6 +59,10 @@ py::dict layout_constants() {
   LRS_EXPORT(SHAPE_SQUARE); LRS_EXPORT(SHAPE_EXP); LRS_EXPORT(SHAPE_REX); LRS_EXPORT(SHAPE_POLY);
   LRS_EXPORT(SHAPE_INV_SQRT); LRS_EXPORT(SHAPE_POWER); LRS_EXPORT(NUM_SHAPES);
   LRS_EXPORT(CLOCK_STEPS); LRS_EXPORT(CLOCK_TOKENS); LRS_EXPORT(NUM_CLOCKS);
+  LRS_EXPORT(DT_F32); LRS_EXPORT(DT_BF16); LRS_EXPORT(DT_F16); LRS_EXPORT(DT_F64); LRS_EXPORT(NUM_DTYPES);
+  LRS_EXPORT(PTR_PARAM); LRS_EXPORT(PTR_GRAD); LRS_EXPORT(PTR_EXP_AVG); LRS_EXPORT(PTR_EXP_AVG_SQ);
+  LRS_EXPORT(PTR_MAX_EXP_AVG_SQ); LRS_EXPORT(PTR_MASTER); LRS_EXPORT(PTR_NUMEL); LRS_EXPORT(PTR_TABLE_ROWS);
+  LRS_EXPORT(LAMB_FUSED); LRS_EXPORT(LAMB_STAGE1); LRS_EXPORT(LAMB_STAGE2);
   LRS_EXPORT(GS_FIRST_ROW); LRS_EXPORT(GS_ROWS); LRS_EXPORT(GS_CLOCK); LRS_EXPORT(GROUP_SCHED_COLS);
   LRS_EXPORT(HP_LR_SCALE); LRS_EXPORT(HP_BETA1); LRS_EXPORT(HP_BETA2); LRS_EXPORT(HP_EPS);
   LRS_EXPORT(HP_WEIGHT_DECAY); LRS_EXPORT(HP_MAXIMIZE); LRS_EXPORT(HP_BIAS_CORRECTION);
@@ -77,11 +84,14 @@ std::vector<std::string> isas() {
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "lrsched_fused CPU kernels (C++17, OpenMP); use through lrsched_fused.backends.cpu";
 
-  m.def("supported", &supported, py::arg("pdtype"), py::arg("sdtype"), py::arg("master"));
+  m.def(
+      "supported", [](int64_t pd, int64_t sd, bool master) { return supported(pd, sd, master); },
+      py::arg("pdtype"), py::arg("sdtype"), py::arg("master"),
+      "Whether (param dtype, state dtype, master weights) has kernels (layout DT_* codes)");
   m.def(
       "adamw",
-      [](int64_t table, int64_t n, int pd, int sd, bool has_max, bool has_master, const std::array<int64_t, 10>& ctx,
-         bool amsgrad, int threads) {
+      [](int64_t table, int64_t n, int64_t pd, int64_t sd, bool has_max, bool has_master,
+         const std::array<int64_t, 10>& ctx, bool amsgrad, int threads) {
         const TensorTable tt = tensor_table(table, n, pd, sd, has_max, has_master);
         const StepTables st = step_tables_from_addresses(ctx);
         py::gil_scoped_release nogil;
@@ -91,7 +101,7 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("has_master"), py::arg("ctx"), py::arg("amsgrad"), py::arg("threads"));
   m.def(
       "lamb",
-      [](int64_t table, int64_t n, int pd, int sd, bool has_master, const std::array<int64_t, 10>& ctx,
+      [](int64_t table, int64_t n, int64_t pd, int64_t sd, bool has_master, const std::array<int64_t, 10>& ctx,
          int64_t clip_div, int64_t norms_out, int64_t scratch, int64_t scratch_elems, int threads) {
         const TensorTable tt = tensor_table(table, n, pd, sd, false, has_master);
         const StepTables st = step_tables_from_addresses(ctx);
@@ -102,7 +112,7 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("clip_div"), py::arg("norms_out"), py::arg("scratch"), py::arg("scratch_elems"), py::arg("threads"));
   m.def(
       "lamb_stage1",
-      [](int64_t table, int64_t n, int pd, int sd, bool has_master, const std::array<int64_t, 10>& ctx,
+      [](int64_t table, int64_t n, int64_t pd, int64_t sd, bool has_master, const std::array<int64_t, 10>& ctx,
          int64_t clip_div, int64_t sums, int threads) {
         const TensorTable tt = tensor_table(table, n, pd, sd, false, has_master);
         const StepTables st = step_tables_from_addresses(ctx);
@@ -113,7 +123,7 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("clip_div"), py::arg("sums"), py::arg("threads"));
   m.def(
       "lamb_stage2",
-      [](int64_t table, int64_t n, int pd, int sd, bool has_master, const std::array<int64_t, 10>& ctx,
+      [](int64_t table, int64_t n, int64_t pd, int64_t sd, bool has_master, const std::array<int64_t, 10>& ctx,
          int64_t clip_div, int64_t sums, int64_t norms_out, int threads) {
         const TensorTable tt = tensor_table(table, n, pd, sd, false, has_master);
         const StepTables st = step_tables_from_addresses(ctx);
@@ -124,8 +134,9 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("clip_div"), py::arg("sums"), py::arg("norms_out"), py::arg("threads"));
   m.def(
       "grad_sumsq",
-      [](int64_t table, int64_t n, int pd, int64_t grad_scale, int64_t out, int threads) {
-        const TensorTable tt = tensor_table(table, n, pd, pd == kF64 ? kF64 : kF32, false, false);
+      [](int64_t table, int64_t n, int64_t pd, int64_t grad_scale, int64_t out, int threads) {
+        namespace L = lrsched::layout;
+        const TensorTable tt = tensor_table(table, n, pd, pd == L::DT_F64 ? L::DT_F64 : L::DT_F32, false, false);
         py::gil_scoped_release nogil;
         grad_sumsq(tt, ptr<const float>(grad_scale), ptr<float>(out), threads);
       },
@@ -153,6 +164,9 @@ PYBIND11_MODULE(_cpu, m) {
         "Select a kernel build by name (returns False if unavailable here)");
   m.attr("CHUNK_ELEMS") = kChunkElems;
   m.attr("LAMB_HOT_ELEMS") = kLambHotElems;
-  m.attr("DTYPE_CODES") = py::dict(py::arg("float32") = int(kF32), py::arg("float64") = int(kF64),
-                                   py::arg("bfloat16") = int(kBF16), py::arg("float16") = int(kF16));
+  {  // the layout's dtype codes by torch dtype name (kernels/layout.py DTYPE_CODES)
+    namespace L = lrsched::layout;
+    m.attr("DTYPE_CODES") = py::dict(py::arg("float32") = L::DT_F32, py::arg("bfloat16") = L::DT_BF16,
+                                     py::arg("float16") = L::DT_F16, py::arg("float64") = L::DT_F64);
+  }
 }

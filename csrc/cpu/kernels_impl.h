@@ -18,7 +18,9 @@
 
 #include <lrsched/adamw.h>
 #include <lrsched/convert.h>
+#include <lrsched/dtypes.h>
 #include <lrsched/lamb.h>
+#include <lrsched/layout.h>
 
 #include "work.h"
 
@@ -286,13 +288,13 @@ struct Lamb {
   /// The empty tensors in [tb, te) own no chunk: stage 1 writes zero sums for them; otherwise their
   /// telemetry comes from zero sums (fused) or from the all-reduced sums (stage 2: a rank's shard of a
   /// tensor may be empty while other ranks hold its elements).
-  void empty_tensors(int64_t tb, int64_t te, int phase) const {
+  void empty_tensors(int64_t tb, int64_t te, int64_t phase) const {
     for (int64_t i = tb; i < te; ++i) {
       if (tt.numel[i] != 0) continue;
-      if (phase == kLambStage1) {
+      if (phase == layout::LAMB_STAGE1) {
         a.sums[2 * i] = 0.0f;
         a.sums[2 * i + 1] = 0.0f;
-      } else if (phase == kLambStage2) {
+      } else if (phase == layout::LAMB_STAGE2) {
         ratio_and_telemetry(i, a.sums[2 * i], a.sums[2 * i + 1], true);
       } else {
         ratio_and_telemetry(i, 0.0, 0.0, true);
@@ -305,7 +307,7 @@ struct Lamb {
 #pragma omp parallel num_threads(w.threads)
     {
       const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-      if (a.phase == kLambFused) {
+      if (a.phase == layout::LAMB_FUSED) {
         // 1. large tensors: all threads on one tensor at a time (stage 1, barrier, stage 2). The scratch
         // halves alternate, so no barrier is needed after stage 2: the tensor after next reuses this half
         // only after the next tensor's barrier, which every thread reaches after finishing this one.
@@ -323,7 +325,7 @@ struct Lamb {
         if (a.ncoop > 0) {
 #pragma omp barrier
         }
-        if (tid == 0) empty_tensors(0, n, kLambFused);
+        if (tid == 0) empty_tensors(0, n, layout::LAMB_FUSED);
         // 2. the other tensors, largest first, each by one thread (stage 2 right after its stage 1, from
         // that thread's cache); no barrier, so a busy core delays nobody else.
         const int64_t mine = a.scratch ? a.scratch_elems / nth : 0;
@@ -336,12 +338,12 @@ struct Lamb {
           pass1(w.chunk_off[i], w.chunk_off[i + 1], u_base, i);
           finish(w.chunk_off[i], w.chunk_off[i + 1], false, u_base, i);
         }
-      } else if (a.phase == kLambStage1) {
+      } else if (a.phase == layout::LAMB_STAGE1) {
         int64_t k0, k1;
         thread_chunks(w, 0, n, tid, nth, &k0, &k1);
         pass1(k0, k1, nullptr, 0);
 #pragma omp barrier
-        if (tid == 0) empty_tensors(0, n, kLambStage1);
+        if (tid == 0) empty_tensors(0, n, layout::LAMB_STAGE1);
         for_tensor_ranges(w, k0, k1, [&](int64_t i, int64_t, int64_t, int64_t kb, int64_t) {
           if (kb != w.chunk_off[i]) return;
           double sw, su;
@@ -352,7 +354,7 @@ struct Lamb {
       } else {
         int64_t k0, k1;
         thread_chunks(w, 0, n, tid, nth, &k0, &k1);
-        if (tid == 0) empty_tensors(0, n, kLambStage2);
+        if (tid == 0) empty_tensors(0, n, layout::LAMB_STAGE2);
         finish(k0, k1, true, nullptr, 0);
       }
     }
@@ -399,21 +401,8 @@ void sumsq_typed(const Work& w, double* partials) {
 }
 
 // ====================================================================================================
-// dtype dispatch (the supported combinations are listed in ops.cpp: supported())
+// dtype dispatch: the combinations and the runtime -> template mapping are lrsched/dtypes.h's
 // ====================================================================================================
-template <template <class, class, bool> class Op, class... Args>
-void dispatch(const TensorTable& tt, Args&&... args) {
-  const bool mw = tt.master != nullptr;
-  const int pd = tt.pdtype, sd = tt.sdtype;
-  if (pd == kF32 && sd == kF32) Op<float, float, false>::run(args...);
-  else if (pd == kF32 && sd == kBF16) Op<float, bf16, false>::run(args...);
-  else if (pd == kF64 && sd == kF64) Op<double, double, false>::run(args...);
-  else if (pd == kBF16 && sd == kF32) mw ? Op<bf16, float, true>::run(args...) : Op<bf16, float, false>::run(args...);
-  else if (pd == kBF16 && sd == kBF16) mw ? Op<bf16, bf16, true>::run(args...) : Op<bf16, bf16, false>::run(args...);
-  else if (pd == kF16 && sd == kF32) mw ? Op<f16, float, true>::run(args...) : Op<f16, float, false>::run(args...);
-  else if (pd == kF16 && sd == kF16) mw ? Op<f16, f16, true>::run(args...) : Op<f16, f16, false>::run(args...);
-}
-
 template <class P, class S, bool MASTER>
 struct AdamWOp {
   static void run(const Work& w, const void* coeffs, bool ams) { adamw_ams<P, S, MASTER>(w, coeffs, ams); }
@@ -422,18 +411,18 @@ template <class P, class S, bool MASTER>
 struct LambOp {
   static void run(const Work& w, const LambArgs& a) { lamb_typed<P, S, MASTER>(w, a); }
 };
+template <class P>
+struct SumsqOp {
+  static void run(const Work& w, double* partials) { sumsq_typed<P>(w, partials); }
+};
 
-void adamw_entry(const Work& w, const void* coeffs, bool ams) { dispatch<AdamWOp>(*w.tt, w, coeffs, ams); }
-void lamb_entry(const Work& w, const LambArgs& a) { dispatch<LambOp>(*w.tt, w, a); }
-void sumsq_entry(const Work& w, double* partials) {
-  switch (w.tt->pdtype) {
-    case kF32: sumsq_typed<float>(w, partials); break;
-    case kF64: sumsq_typed<double>(w, partials); break;
-    case kBF16: sumsq_typed<bf16>(w, partials); break;
-    case kF16: sumsq_typed<f16>(w, partials); break;
-    default: break;
-  }
+void adamw_entry(const Work& w, const void* coeffs, bool ams) {
+  dispatch_dtypes<AdamWOp>(w.tt->pdtype, w.tt->sdtype, w.tt->master != nullptr, w, coeffs, ams);
 }
+void lamb_entry(const Work& w, const LambArgs& a) {
+  dispatch_dtypes<LambOp>(w.tt->pdtype, w.tt->sdtype, w.tt->master != nullptr, w, a);
+}
+void sumsq_entry(const Work& w, double* partials) { dispatch_param_dtype<SumsqOp>(w.tt->pdtype, w, partials); }
 
 }  // namespace
 }  // namespace LRS_ISA_NS

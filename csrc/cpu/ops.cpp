@@ -9,6 +9,8 @@
 #include <vector>
 
 #include <lrsched/adamw.h>
+#include <lrsched/advance.h>
+#include <lrsched/dtypes.h>
 #include <lrsched/lamb.h>
 #include <lrsched/layout.h>
 #include <lrsched/schedule.h>
@@ -91,12 +93,9 @@ struct Offsets {
   }
 };
 
-bool skipped(const StepTables& st) { return st.found_inf != nullptr && *st.found_inf != 0.0f; }
-
 std::vector<double> group_lrs(const StepTables& st) {
   std::vector<double> lr(st.groups);
-  for (int64_t g = 0; g < st.groups; ++g)
-    lr[g] = group_lr(st.sched_ints, st.sched_floats, st.group_sched, st.hparams, st.clock, g);
+  for (int64_t g = 0; g < st.groups; ++g) lr[g] = step_group_lr(st, g);
   return lr;
 }
 
@@ -148,7 +147,7 @@ int64_t lamb_hot_elems() {
 }
 
 template <class T>
-void lamb_t(const TensorTable& tt, const StepTables& st, const float* clip_div, int phase, float* sums,
+void lamb_t(const TensorTable& tt, const StepTables& st, const float* clip_div, int64_t phase, float* sums,
             float* norms_out, void* scratch, int64_t scratch_elems, int threads) {
   const std::vector<double> lr = group_lrs(st);
   const double inv = inv_scale(st.grad_scale, clip_div);
@@ -166,7 +165,7 @@ void lamb_t(const TensorTable& tt, const StepTables& st, const float* clip_div, 
   // large tensors (more than a quarter of a thread's share) are updated by all threads together, the
   // others one tensor per thread, largest first (scheduling only: the bits do not depend on it)
   std::vector<int64_t> coop, rest;
-  if (phase == kLambFused) {
+  if (phase == layout::LAMB_FUSED) {
     const int64_t nthreads = threads < 1 ? 1 : threads;
     const int64_t large = off.elem[tt.n] / (4 * nthreads);
     for (int64_t i = 0; i < tt.n; ++i) (tt.numel[i] > large && nthreads > 1 ? coop : rest).push_back(i);
@@ -175,7 +174,7 @@ void lamb_t(const TensorTable& tt, const StepTables& st, const float* clip_div, 
   LambArgs a{};
   a.coeffs = coeffs.data();
   a.info = info.data();
-  a.skip = skipped(st);
+  a.skip = step_skipped(st);
   a.phase = phase;
   a.coop = coop.data();
   a.ncoop = static_cast<int64_t>(coop.size());
@@ -190,40 +189,37 @@ void lamb_t(const TensorTable& tt, const StepTables& st, const float* clip_div, 
   g_kernels->lamb(off.work(tt, threads), a);
 }
 
-}  // namespace
-
-bool supported(int pd, int sd, bool master) {
-  const bool low = pd == kBF16 || pd == kF16;
-  if (master && !low) return false;
-  return (pd == kF32 && (sd == kF32 || sd == kBF16)) || (pd == kF64 && sd == kF64) ||
-         (pd == kBF16 && (sd == kF32 || sd == kBF16)) || (pd == kF16 && (sd == kF32 || sd == kF16));
+/// One LAMB phase (layout::LAMB_*) in the compute type of the parameters.
+void lamb_phase(const TensorTable& tt, const StepTables& st, const float* clip_div, int64_t phase, float* sums,
+                float* norms_out, void* scratch, int64_t scratch_elems, int threads) {
+  if (tt.n == 0) return;
+  if (tt.pdtype == layout::DT_F64)
+    lamb_t<double>(tt, st, clip_div, phase, sums, norms_out, scratch, scratch_elems, threads);
+  else
+    lamb_t<float>(tt, st, clip_div, phase, sums, norms_out, scratch, scratch_elems, threads);
 }
 
+}  // namespace
+
 void adamw(const TensorTable& tt, const StepTables& st, bool amsgrad, int threads) {
-  if (skipped(st) || tt.n == 0) return;
-  if (tt.pdtype == kF64) adamw_t<double>(tt, st, amsgrad, threads);
+  if (step_skipped(st) || tt.n == 0) return;
+  if (tt.pdtype == layout::DT_F64) adamw_t<double>(tt, st, amsgrad, threads);
   else adamw_t<float>(tt, st, amsgrad, threads);
 }
 
 void lamb(const TensorTable& tt, const StepTables& st, const float* clip_div, float* norms_out, void* scratch,
           int64_t scratch_elems, int threads) {
-  if (tt.n == 0) return;
-  if (tt.pdtype == kF64) lamb_t<double>(tt, st, clip_div, kLambFused, nullptr, norms_out, scratch, scratch_elems, threads);
-  else lamb_t<float>(tt, st, clip_div, kLambFused, nullptr, norms_out, scratch, scratch_elems, threads);
+  lamb_phase(tt, st, clip_div, layout::LAMB_FUSED, nullptr, norms_out, scratch, scratch_elems, threads);
 }
 
 void lamb_stage1(const TensorTable& tt, const StepTables& st, const float* clip_div, float* sums, int threads) {
-  if (tt.n == 0) return;
-  if (tt.pdtype == kF64) lamb_t<double>(tt, st, clip_div, kLambStage1, sums, nullptr, nullptr, 0, threads);
-  else lamb_t<float>(tt, st, clip_div, kLambStage1, sums, nullptr, nullptr, 0, threads);
+  lamb_phase(tt, st, clip_div, layout::LAMB_STAGE1, sums, nullptr, nullptr, 0, threads);
 }
 
 void lamb_stage2(const TensorTable& tt, const StepTables& st, const float* clip_div, const float* sums,
                  float* norms_out, int threads) {
-  if (tt.n == 0) return;
   float* s = const_cast<float*>(sums);  // read only in stage 2
-  if (tt.pdtype == kF64) lamb_t<double>(tt, st, clip_div, kLambStage2, s, norms_out, nullptr, 0, threads);
-  else lamb_t<float>(tt, st, clip_div, kLambStage2, s, norms_out, nullptr, 0, threads);
+  lamb_phase(tt, st, clip_div, layout::LAMB_STAGE2, s, norms_out, nullptr, 0, threads);
 }
 
 void grad_sumsq(const TensorTable& tt, const float* grad_scale, float* out, int threads) {
@@ -238,12 +234,7 @@ void grad_sumsq(const TensorTable& tt, const float* grad_scale, float* out, int 
 
 void advance(const StepTables& st, float* steps, int64_t nsteps, float* lr_out, int64_t* clock,
              const int64_t* tokens) {
-  for (int64_t g = 0; g < st.groups; ++g)
-    lr_out[g] = static_cast<float>(group_lr(st.sched_ints, st.sched_floats, st.group_sched, st.hparams, clock, g));
-  if (skipped(st)) return;
-  for (int64_t i = 0; i < nsteps; ++i) steps[i] += 1.0f;
-  clock[layout::CLOCK_STEPS] += 1;
-  if (tokens) clock[layout::CLOCK_TOKENS] += *tokens;
+  advance_step(st, steps, nsteps, lr_out, clock, tokens);
 }
 
 void evaluate_schedule(const int64_t* ints, const double* floats, int64_t first, int64_t rows, const int64_t* t,

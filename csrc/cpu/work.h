@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include <lrsched/layout.h>
+
 #include "api.h"
 
 namespace lrsched {
@@ -26,20 +28,17 @@ struct LambTensorInfo {
   int adapt;
 };
 
-enum LambPhase : int {
-  kLambFused = 0,   // stage 1, per-tensor reduction, stage 2 right after each tensor's stage 1 (cache-hot)
-  kLambStage1 = 1,  // sharded: per-tensor float32 sums only (writes nothing else)
-  kLambStage2 = 2,  // sharded: from given sums, telemetry, moments and update
-};
-
 struct LambArgs {
   const void* coeffs;             // LambCoeffs<T>[n]
   const LambTensorInfo* info;     // [n]
   bool skip;                      // found_inf: telemetry only
-  int phase;                      // LambPhase
-  const int64_t* coop;            // kLambFused: large tensors, each updated by all threads together
+  int64_t phase;                  // layout::LAMB_FUSED (stage 1, per-tensor reduction, stage 2 right after
+                                  // each tensor's stage 1, cache-hot), LAMB_STAGE1 (sharded: per-tensor
+                                  // float32 sums only, writes nothing else) or LAMB_STAGE2 (sharded: from
+                                  // the given sums, telemetry, moments and update)
+  const int64_t* coop;            // LAMB_FUSED: large tensors, each updated by all threads together
   int64_t ncoop;
-  const int64_t* rest;            // kLambFused: the others, largest first, one thread per tensor
+  const int64_t* rest;            // LAMB_FUSED: the others, largest first, one thread per tensor
   int64_t nrest;
   void* scratch;                  // scratch_elems elements of T, or null
   int64_t scratch_elems;

@@ -5,21 +5,21 @@
 
 #include <cstdint>
 
+#include <lrsched/dtypes.h>
+#include <lrsched/layout.h>
 #include <lrsched/step_tables.h>
 
 namespace lrsched {
 namespace cuda {
 
-enum DType : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3 };
-
 /// Elements per block-chunk; block b updates chunk blocks[nblocks + b] of tensor blocks[b].
 constexpr int64_t kChunkElems = 65536;
 
 struct TensorTable {
-  const int64_t* table = nullptr;   // device int64 [7, n]: params, grads, exp_avgs, exp_avg_sqs, max (or 0),
-                                    // master (or 0), numels
+  const int64_t* table = nullptr;   // device int64 [layout::PTR_TABLE_ROWS, n]: the pointer table
+                                    // (TensorBatch.pointer_table(): addresses, 0 where absent; numels)
   int64_t n = 0;
-  int pdtype = kF32, sdtype = kF32;
+  int64_t pdtype = layout::DT_F32, sdtype = layout::DT_F32;  // layout::DT_* codes
   bool has_max = false, has_master = false;
   const int32_t* blocks = nullptr;  // device int32 [2, nblocks]: tensor index, chunk index (tensor-major order)
   int64_t nblocks = 0;
@@ -27,17 +27,17 @@ struct TensorTable {
 };
 
 using lrsched::StepTables;  // csrc/include/lrsched/step_tables.h
-
-bool supported(int pdtype, int sdtype, bool master);
+/// Whether (param dtype, state dtype, master weights) has kernels (csrc/include/lrsched/dtypes.h).
+using lrsched::supported;
 
 void adamw(const TensorTable& tt, const StepTables& st, bool amsgrad, void* stream);
 
-/// LAMB. ``partials`` double [nblocks, 2] and ``ratio`` double [n] are workspaces.
-///   phase 0 (fused): stage 1, per-tensor reduction (norms_out, ratio), stage 2;
-///   phase 1 (sharded stage 1): per-tensor float32 sums into ``sums`` [n, 2];
-///   phase 2 (sharded stage 2): norms_out and ratio from ``sums``, then stage 2.
+/// LAMB. ``partials`` double [nblocks, 2] and ``ratio`` double [n] are workspaces. ``phase`` (layout::LAMB_*):
+///   LAMB_FUSED: stage 1, per-tensor reduction (norms_out, ratio), stage 2;
+///   LAMB_STAGE1 (sharded): per-tensor float32 sums into ``sums`` [n, 2];
+///   LAMB_STAGE2 (sharded): norms_out and ratio from the all-reduced ``sums``, then stage 2.
 void lamb(const TensorTable& tt, const StepTables& st, const float* clip_div, float* norms_out, double* partials,
-          double* ratio, float* sums, int phase, void* stream);
+          double* ratio, float* sums, int64_t phase, void* stream);
 
 /// Sum of squares of grads / grad_scale into ``out`` (float32 scalar); ``partials`` double [nblocks].
 void grad_sumsq(const TensorTable& tt, const float* grad_scale, double* partials, float* out, void* stream);

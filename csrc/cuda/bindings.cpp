@@ -21,13 +21,14 @@ T* ptr(int64_t address) {
   return reinterpret_cast<T*>(static_cast<intptr_t>(address));
 }
 
-/// ``t``: (table, n, pdtype, sdtype, has_max, has_master, blocks, nblocks, first_block).
+/// ``t``: (table, n, pdtype, sdtype, has_max, has_master, blocks, nblocks, first_block); ``table`` the device
+/// copy of TensorBatch.pointer_table() (int64 [layout::PTR_TABLE_ROWS, n]), dtypes as layout::DT_* codes.
 TensorTable tensor_table(const std::array<int64_t, 9>& t) {
   TensorTable tt;
   tt.table = ptr<const int64_t>(t[0]);
   tt.n = t[1];
-  tt.pdtype = static_cast<int>(t[2]);
-  tt.sdtype = static_cast<int>(t[3]);
+  tt.pdtype = t[2];
+  tt.sdtype = t[3];
   tt.has_max = t[4] != 0;
   tt.has_master = t[5] != 0;
   tt.blocks = ptr<const int32_t>(t[6]);
@@ -48,13 +49,15 @@ void check() {
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "lrsched_fused CUDA kernels; use through lrsched_fused.backends.cuda";
-  m.def("supported", &supported);
+  m.def("supported", [](int64_t pd, int64_t sd, bool master) { return supported(pd, sd, master); },
+        py::arg("pdtype"), py::arg("sdtype"), py::arg("master"),
+        "Whether (param dtype, state dtype, master weights) has kernels (layout DT_* codes)");
   m.def("adamw", [](const std::array<int64_t, 9>& t, const std::array<int64_t, 10>& c, bool ams, int64_t stream) {
     adamw(tensor_table(t), step_tables_from_addresses(c), ams, ptr<void>(stream));
     check();
   });
   m.def("lamb", [](const std::array<int64_t, 9>& t, const std::array<int64_t, 10>& c, int64_t clip, int64_t norms,
-                   int64_t partials, int64_t ratio, int64_t sums, int phase, int64_t stream) {
+                   int64_t partials, int64_t ratio, int64_t sums, int64_t phase, int64_t stream) {
     lamb(tensor_table(t), step_tables_from_addresses(c), ptr<const float>(clip), ptr<float>(norms),
          ptr<double>(partials), ptr<double>(ratio), ptr<float>(sums), phase, ptr<void>(stream));
     check();

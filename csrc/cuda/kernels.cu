@@ -10,7 +10,9 @@
 #include <cstdint>
 
 #include <lrsched/adamw.h>
+#include <lrsched/advance.h>
 #include <lrsched/convert.h>
+#include <lrsched/dtypes.h>
 #include <lrsched/lamb.h>
 #include <lrsched/layout.h>
 #include <lrsched/schedule.h>
@@ -44,20 +46,20 @@ struct Row {  // the pointers of tensor i
   int64_t numel;
 };
 
+/// Column i of the pointer table (rows layout::PTR_*).
 __device__ __forceinline__ Row row(const TensorTable& tt, int64_t i) {
   const int64_t n = tt.n;
+  auto at = [&](int64_t r) { return tt.table[r * n + i]; };
   Row r;
-  r.p = reinterpret_cast<void*>(tt.table[i]);
-  r.g = reinterpret_cast<const void*>(tt.table[n + i]);
-  r.m = reinterpret_cast<void*>(tt.table[2 * n + i]);
-  r.v = reinterpret_cast<void*>(tt.table[3 * n + i]);
-  r.vmax = reinterpret_cast<void*>(tt.table[4 * n + i]);
-  r.master = reinterpret_cast<float*>(tt.table[5 * n + i]);
-  r.numel = tt.table[6 * n + i];
+  r.p = reinterpret_cast<void*>(at(layout::PTR_PARAM));
+  r.g = reinterpret_cast<const void*>(at(layout::PTR_GRAD));
+  r.m = reinterpret_cast<void*>(at(layout::PTR_EXP_AVG));
+  r.v = reinterpret_cast<void*>(at(layout::PTR_EXP_AVG_SQ));
+  r.vmax = reinterpret_cast<void*>(at(layout::PTR_MAX_EXP_AVG_SQ));
+  r.master = reinterpret_cast<float*>(at(layout::PTR_MASTER));
+  r.numel = at(layout::PTR_NUMEL);
   return r;
 }
-
-__device__ __forceinline__ bool skipped(const StepTables& st) { return st.found_inf && *st.found_inf != 0.0f; }
 
 __device__ __forceinline__ double inv_scale(const StepTables& st, const float* clip_div) {
   double s = 1.0;
@@ -66,22 +68,18 @@ __device__ __forceinline__ double inv_scale(const StepTables& st, const float* c
   return 1.0 / s;
 }
 
-__device__ __forceinline__ double lr_of(const StepTables& st, int64_t g) {
-  return group_lr(st.sched_ints, st.sched_floats, st.group_sched, st.hparams, st.clock, g);
-}
-
 // ---------------------------------------------------------------------------------------------------
 // AdamW: one launch
 // ---------------------------------------------------------------------------------------------------
 template <class P, class S, bool MASTER, bool AMS>
 __global__ void __launch_bounds__(kThreads) adamw_kernel(TensorTable tt, StepTables st) {
   using T = compute_t<P>;
-  if (skipped(st)) return;
+  if (step_skipped(st)) return;
   const int64_t i = tt.blocks[blockIdx.x], chunk = tt.blocks[tt.nblocks + blockIdx.x];
   __shared__ AdamWCoeffs<T> c;
   if (threadIdx.x == 0) {
     const int64_t g = st.group_index[i];
-    c = adamw_coeffs<T>(lr_of(st, g), st.hparams + g * layout::HP_COLS, static_cast<double>(st.steps[i]),
+    c = adamw_coeffs<T>(step_group_lr(st, g), st.hparams + g * layout::HP_COLS, static_cast<double>(st.steps[i]),
                         inv_scale(st, nullptr));
   }
   __syncthreads();
@@ -129,7 +127,7 @@ template <class P>
 __device__ __forceinline__ LambCoeffs<compute_t<P>> lamb_coeffs_for(const StepTables& st, int64_t i,
                                                                     const float* clip_div) {
   const int64_t g = st.group_index[i];
-  return lamb_coeffs<compute_t<P>>(lr_of(st, g), st.hparams + g * layout::HP_COLS, static_cast<double>(st.steps[i]),
+  return lamb_coeffs<compute_t<P>>(step_group_lr(st, g), st.hparams + g * layout::HP_COLS, static_cast<double>(st.steps[i]),
                                    inv_scale(st, clip_div));
 }
 
@@ -164,14 +162,14 @@ __global__ void __launch_bounds__(kThreads) lamb_stage1_kernel(TensorTable tt, S
   }
 }
 
-/// One thread per tensor: its blocks' partials in chunk order; writes sums (phase 1) or norms and the
-/// ratio (phase 0: from partials; phase 2: from the all-reduced float32 sums).
+/// One thread per tensor: its blocks' partials in chunk order; writes sums (LAMB_STAGE1) or norms and the
+/// ratio (LAMB_FUSED: from partials; LAMB_STAGE2: from the all-reduced float32 sums).
 __global__ void lamb_reduce_kernel(TensorTable tt, StepTables st, const double* partials, float* sums, float* norms_out,
-                                   double* ratio, int phase) {
+                                   double* ratio, int64_t phase) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= tt.n) return;
   double sw = 0.0, su = 0.0;
-  if (phase == 2) {
+  if (phase == layout::LAMB_STAGE2) {
     sw = sums[2 * i];
     su = sums[2 * i + 1];
   } else {
@@ -180,7 +178,7 @@ __global__ void lamb_reduce_kernel(TensorTable tt, StepTables st, const double* 
       su += partials[2 * k + 1];
     }
   }
-  if (phase == 1) {
+  if (phase == layout::LAMB_STAGE1) {
     sums[2 * i] = static_cast<float>(sw);
     sums[2 * i + 1] = static_cast<float>(su);
     return;
@@ -199,13 +197,13 @@ template <class P, class S, bool MASTER>
 __global__ void __launch_bounds__(kThreads) lamb_stage2_kernel(TensorTable tt, StepTables st, const float* clip_div,
                                                                const double* ratio) {
   using T = compute_t<P>;
-  if (skipped(st)) return;
+  if (step_skipped(st)) return;
   const int64_t i = tt.blocks[blockIdx.x], chunk = tt.blocks[tt.nblocks + blockIdx.x];
   __shared__ LambCoeffs<T> c;
   __shared__ T lr_ratio;
   if (threadIdx.x == 0) {
     c = lamb_coeffs_for<P>(st, i, clip_div);
-    lr_ratio = static_cast<T>(lr_of(st, st.group_index[i]) * ratio[i]);
+    lr_ratio = static_cast<T>(step_group_lr(st, st.group_index[i]) * ratio[i]);
   }
   __syncthreads();
   const Row r = row(tt, i);
@@ -255,16 +253,10 @@ __global__ void sumsq_total_kernel(const double* partials, int64_t nblocks, cons
 
 __global__ void advance_kernel(StepTables st, float* steps, int64_t nsteps, float* lr_out, int64_t* clock,
                                const int64_t* tokens) {
-  // one block: lr_out first (clock before the increment), then everything moves unless skipped
-  for (int64_t g = threadIdx.x; g < st.groups; g += blockDim.x)
-    lr_out[g] = static_cast<float>(group_lr(st.sched_ints, st.sched_floats, st.group_sched, st.hparams, clock, g));
+  // one block (advance.h): every lr_out first (from the clock before the increment), then the counters
+  advance_lr(st, clock, lr_out, threadIdx.x, blockDim.x);
   __syncthreads();
-  if (skipped(st)) return;
-  for (int64_t i = threadIdx.x; i < nsteps; i += blockDim.x) steps[i] += 1.0f;
-  if (threadIdx.x == 0) {
-    clock[layout::CLOCK_STEPS] += 1;
-    if (tokens) clock[layout::CLOCK_TOKENS] += *tokens;
-  }
+  advance_counters(st, steps, nsteps, clock, tokens, threadIdx.x, blockDim.x);
 }
 
 __global__ void evaluate_kernel(const int64_t* ints, const double* floats, int64_t first, int64_t rows,
@@ -274,21 +266,8 @@ __global__ void evaluate_kernel(const int64_t* ints, const double* floats, int64
 }
 
 // ---------------------------------------------------------------------------------------------------
-// dtype dispatch
+// launches per dtype combination (dispatch_dtypes / dispatch_param_dtype: lrsched/dtypes.h)
 // ---------------------------------------------------------------------------------------------------
-template <template <class, class, bool> class Op, class... A>
-void dispatch(const TensorTable& tt, A... args) {
-  const bool mw = tt.has_master;
-  const int pd = tt.pdtype, sd = tt.sdtype;
-  if (pd == kF32 && sd == kF32) Op<float, float, false>::run(tt, args...);
-  else if (pd == kF32 && sd == kBF16) Op<float, bf16, false>::run(tt, args...);
-  else if (pd == kF64 && sd == kF64) Op<double, double, false>::run(tt, args...);
-  else if (pd == kBF16 && sd == kF32) mw ? Op<bf16, float, true>::run(tt, args...) : Op<bf16, float, false>::run(tt, args...);
-  else if (pd == kBF16 && sd == kBF16) mw ? Op<bf16, bf16, true>::run(tt, args...) : Op<bf16, bf16, false>::run(tt, args...);
-  else if (pd == kF16 && sd == kF32) mw ? Op<f16, float, true>::run(tt, args...) : Op<f16, float, false>::run(tt, args...);
-  else if (pd == kF16 && sd == kF16) mw ? Op<f16, f16, true>::run(tt, args...) : Op<f16, f16, false>::run(tt, args...);
-}
-
 template <class P, class S, bool MASTER>
 struct AdamWOp {
   static void run(const TensorTable& tt, const StepTables& st, bool ams, cudaStream_t s) {
@@ -311,6 +290,13 @@ struct LambStage2Op {
   }
 };
 
+template <class P>
+struct SumsqOp {
+  static void run(const TensorTable& tt, double* partials, cudaStream_t s) {
+    sumsq_kernel<P><<<static_cast<unsigned>(tt.nblocks), kThreads, 0, s>>>(tt, partials);
+  }
+};
+
 thread_local cudaError_t g_last = cudaSuccess;
 void note(cudaError_t e) {
   if (e != cudaSuccess) g_last = e;
@@ -318,42 +304,32 @@ void note(cudaError_t e) {
 
 }  // namespace
 
-bool supported(int pd, int sd, bool master) {
-  const bool low = pd == kBF16 || pd == kF16;
-  if (master && !low) return false;
-  return (pd == kF32 && (sd == kF32 || sd == kBF16)) || (pd == kF64 && sd == kF64) ||
-         (pd == kBF16 && (sd == kF32 || sd == kBF16)) || (pd == kF16 && (sd == kF32 || sd == kF16));
-}
-
 void adamw(const TensorTable& tt, const StepTables& st, bool amsgrad, void* stream) {
   if (tt.nblocks == 0) return;
-  dispatch<AdamWOp>(tt, st, amsgrad, static_cast<cudaStream_t>(stream));
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  dispatch_dtypes<AdamWOp>(tt.pdtype, tt.sdtype, tt.has_master, tt, st, amsgrad, s);
   note(cudaGetLastError());
 }
 
 void lamb(const TensorTable& tt, const StepTables& st, const float* clip_div, float* norms_out, double* partials,
-          double* ratio, float* sums, int phase, void* stream) {
+          double* ratio, float* sums, int64_t phase, void* stream) {
   if (tt.n == 0) return;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const unsigned reduce_blocks = static_cast<unsigned>((tt.n + 255) / 256);
-  if (phase != 2 && tt.nblocks > 0) dispatch<LambStage1Op>(tt, st, clip_div, partials, s);
+  const bool master = tt.has_master;
+  if (phase != layout::LAMB_STAGE2 && tt.nblocks > 0)
+    dispatch_dtypes<LambStage1Op>(tt.pdtype, tt.sdtype, master, tt, st, clip_div, partials, s);
   lamb_reduce_kernel<<<reduce_blocks, 256, 0, s>>>(tt, st, partials, sums, norms_out, ratio, phase);
-  if (phase != 1 && tt.nblocks > 0) dispatch<LambStage2Op>(tt, st, clip_div, static_cast<const double*>(ratio), s);
+  if (phase != layout::LAMB_STAGE1 && tt.nblocks > 0) {
+    const double* r = ratio;
+    dispatch_dtypes<LambStage2Op>(tt.pdtype, tt.sdtype, master, tt, st, clip_div, r, s);
+  }
   note(cudaGetLastError());
 }
 
 void grad_sumsq(const TensorTable& tt, const float* grad_scale, double* partials, float* out, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (tt.nblocks > 0) {
-    const unsigned nb = static_cast<unsigned>(tt.nblocks);
-    switch (tt.pdtype) {
-      case kF32: sumsq_kernel<float><<<nb, kThreads, 0, s>>>(tt, partials); break;
-      case kF64: sumsq_kernel<double><<<nb, kThreads, 0, s>>>(tt, partials); break;
-      case kBF16: sumsq_kernel<bf16><<<nb, kThreads, 0, s>>>(tt, partials); break;
-      case kF16: sumsq_kernel<f16><<<nb, kThreads, 0, s>>>(tt, partials); break;
-      default: break;
-    }
-  }
+  if (tt.nblocks > 0) dispatch_param_dtype<SumsqOp>(tt.pdtype, tt, partials, s);
   sumsq_total_kernel<<<1, 1, 0, s>>>(partials, tt.nblocks, grad_scale, out);
   note(cudaGetLastError());
 }

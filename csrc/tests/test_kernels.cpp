@@ -22,7 +22,7 @@ const std::vector<int64_t> kSizes = {3 * cpu::kChunkElems + 123, 17, 0, cpu::kCh
 
 /// One bucket of fp32 (or bf16-param) tensors with its tables; copies are independent.
 struct Bucket {
-  int pdtype;
+  int64_t pdtype;
   std::vector<std::vector<float>> p32, g32, m, v, master;
   std::vector<std::vector<bf16>> p16, g16;
   std::vector<int64_t> numel, group;
@@ -38,7 +38,7 @@ struct Bucket {
   std::vector<const void*> ptr_g;
   std::vector<float*> ptr_master;
 
-  explicit Bucket(int pd, uint32_t seed = 1) : pdtype(pd) {
+  explicit Bucket(int64_t pd, uint32_t seed = 1) : pdtype(pd) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (size_t i = 0; i < kSizes.size(); ++i) {
@@ -50,7 +50,7 @@ struct Bucket {
         mm[j] = 0.1f * normal(rng);
         vv[j] = 0.01f * std::fabs(normal(rng));
       }
-      if (pd == cpu::kBF16) {  // bf16 params and grads, fp32 master weights
+      if (pd == L::DT_BF16) {  // bf16 params and grads, fp32 master weights
         std::vector<bf16> pb(n), gb(n);
         for (int64_t j = 0; j < n; ++j) {
           store(&pb[j], p[j]);
@@ -90,7 +90,7 @@ struct Bucket {
     ptr_v.clear();
     ptr_master.clear();
     for (size_t i = 0; i < kSizes.size(); ++i) {
-      if (pdtype == cpu::kBF16) {
+      if (pdtype == L::DT_BF16) {
         ptr_p.push_back(p16[i].data());
         ptr_g.push_back(g16[i].data());
         ptr_master.push_back(master[i].data());
@@ -104,12 +104,12 @@ struct Bucket {
     cpu::TensorTable tt;
     tt.n = static_cast<int64_t>(kSizes.size());
     tt.pdtype = pdtype;
-    tt.sdtype = cpu::kF32;
+    tt.sdtype = L::DT_F32;
     tt.param = ptr_p.data();
     tt.grad = ptr_g.data();
     tt.exp_avg = ptr_m.data();
     tt.exp_avg_sq = ptr_v.data();
-    tt.master = pdtype == cpu::kBF16 ? ptr_master.data() : nullptr;
+    tt.master = pdtype == L::DT_BF16 ? ptr_master.data() : nullptr;
     tt.numel = numel.data();
     return tt;
   }
@@ -161,7 +161,7 @@ std::vector<std::string> isas() {
 }  // namespace
 
 TEST(adamw_matches_a_double_loop) {
-  Bucket b(cpu::kF32), ref(cpu::kF32);
+  Bucket b(L::DT_F32), ref(L::DT_F32);
   run(b, false, 2);
   for (size_t i = 0; i < kSizes.size(); ++i) {
     const double* h = ref.hp.data() + ref.group[i] * L::HP_COLS;
@@ -184,7 +184,7 @@ TEST(adamw_matches_a_double_loop) {
 }
 
 TEST(lamb_norms_match_a_double_loop) {
-  Bucket b(cpu::kF32), ref(cpu::kF32);
+  Bucket b(L::DT_F32), ref(L::DT_F32);
   std::vector<float> norms(3 * kSizes.size());
   run(b, true, 2, &norms);
   for (size_t i = 0; i < kSizes.size(); ++i) {
@@ -209,7 +209,7 @@ TEST(lamb_norms_match_a_double_loop) {
 }
 
 TEST(thread_count_does_not_change_bits) {
-  for (int pd : {cpu::kF32, cpu::kBF16}) {
+  for (int64_t pd : {L::DT_F32, L::DT_BF16}) {
     for (bool lamb : {false, true}) {
       Bucket one(pd), two(pd), three(pd);
       std::vector<float> n1(3 * kSizes.size()), n2(n1.size()), n3(n1.size());
@@ -228,7 +228,7 @@ TEST(instruction_set_does_not_change_bits) {
   const std::vector<std::string> names = isas();
   CHECK(!names.empty() && names[0] == "baseline");
   const std::string before = cpu::current_isa();
-  for (int pd : {cpu::kF32, cpu::kBF16}) {
+  for (int64_t pd : {L::DT_F32, L::DT_BF16}) {
     for (bool lamb : {false, true}) {
       CHECK(cpu::set_isa("baseline"));
       Bucket base(pd);
@@ -246,7 +246,7 @@ TEST(instruction_set_does_not_change_bits) {
 }
 
 TEST(lamb_scratch_size_does_not_change_bits) {
-  Bucket a(cpu::kF32), b(cpu::kF32), c(cpu::kF32);
+  Bucket a(L::DT_F32), b(L::DT_F32), c(L::DT_F32);
   run(a, true, 2, nullptr, 1 << 20);
   run(b, true, 2, nullptr, 0);
   run(c, true, 2, nullptr, 300);
@@ -257,7 +257,7 @@ TEST(lamb_scratch_size_does_not_change_bits) {
 TEST(sharded_stages_match_the_fused_update) {
   // stage 1 -> (identity all-reduce) -> stage 2 gives the fused result up to the float32 rounding of the
   // sums, and the same bits for any thread count
-  Bucket fused(cpu::kF32), one(cpu::kF32), two(cpu::kF32);
+  Bucket fused(L::DT_F32), one(L::DT_F32), two(L::DT_F32);
   std::vector<float> nf(3 * kSizes.size()), n1(nf.size()), n2(nf.size());
   run(fused, true, 2, &nf);
   for (auto* pair : {&one, &two}) {
@@ -278,7 +278,7 @@ TEST(sharded_stages_match_the_fused_update) {
 
 TEST(found_inf_leaves_everything_unchanged) {
   for (bool lamb : {false, true}) {
-    Bucket a(cpu::kF32), b(cpu::kF32);
+    Bucket a(L::DT_F32), b(L::DT_F32);
     const float found = 1.0f;
     cpu::StepTables st = a.step_tables();
     st.found_inf = &found;
@@ -292,7 +292,7 @@ TEST(found_inf_leaves_everything_unchanged) {
 }
 
 TEST(grad_sumsq_matches_a_double_sum) {
-  Bucket b(cpu::kF32);
+  Bucket b(L::DT_F32);
   const cpu::TensorTable tt = b.table();
   double want = 0;
   for (const auto& g : b.g32)

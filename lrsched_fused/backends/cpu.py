@@ -1,8 +1,9 @@
 """The ``"cpu"`` backend: the C++17 + OpenMP extension ``lrsched_fused._cpu`` (sources in ``csrc/``).
 
-One call per bucket updates every tensor of it: the extension receives a cached int64 table of data
-pointers (params, grads, moments, master weights, numels) and the addresses of the optimizer's device
-tables (schedule, hyperparameters, clock, steps, ``found_inf``, ``grad_scale``), and evaluates the
+One call per bucket updates every tensor of it: the extension receives the bucket's pointer table
+(``TensorBatch.pointer_table()``, int64 ``[layout.PTR_TABLE_ROWS, n]``: data pointers of params, grads,
+moments, master weights, and the numels; cached per batch, the grad row rewritten each step), the
+``layout.DT_*`` codes of the dtypes, and the addresses of the optimizer's device tables (schedule, hyperparameters, clock, steps, ``found_inf``, ``grad_scale``), and evaluates the
 schedule and the per-tensor coefficients itself, as the GPU kernels do. Nothing is read on the host here
 (no ``.item()``): even on CPU tensors the backend keeps the GPU discipline.
 
@@ -26,6 +27,7 @@ from typing import Callable
 
 import torch  # noqa: F401  (first: the extension must bind to the OpenMP runtime torch loaded)
 
+from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import ScheduleTables
 
 from ._api import BackendUnavailable, StepContext, TensorBatch
@@ -43,16 +45,14 @@ __all__ = ["CpuBackend", "extension"]
 #: The compiled module (for tests and diagnostics: ``extension.isa()``, ``extension.layout()``).
 extension = _ext
 
-_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _CACHE_KEY = "cpu"
-# rows of the pointer table
-_PARAM, _GRAD, _EXP_AVG, _EXP_AVG_SQ, _MAX, _MASTER, _NUMEL = range(7)
 
 
 def _code(dtype: torch.dtype, what: str) -> int:
-    if dtype not in _CODES:
-        raise BackendUnavailable(f"backend 'cpu' has no kernels for {what} dtype {dtype}")
-    return _CODES[dtype]
+    try:
+        return L.dtype_code(dtype)
+    except ValueError:
+        raise BackendUnavailable(f"backend 'cpu' has no kernels for {what} dtype {dtype}") from None
 
 
 def _addr(t: torch.Tensor | None) -> int:
@@ -60,58 +60,31 @@ def _addr(t: torch.Tensor | None) -> int:
 
 
 class _BatchTables:
-    """What the backend caches per batch: the pointer table and buffers (kept in ``batch.cache``)."""
+    """What the backend caches per batch (in ``batch.cache``, through ``batch.cached_tables``): the host
+    pointer table itself (the extension reads it in place), the dtype codes and the LAMB buffers."""
 
     def __init__(self, batch: TensorBatch) -> None:
-        n = len(batch)
-        self.n = n
+        if batch.device.type != "cpu":
+            raise BackendUnavailable(f"backend 'cpu' needs CPU tensors; got tensors on {batch.device}")
         self.pdtype = _code(batch.dtype, "parameter")
         self.sdtype = _code(batch.state_dtype, "state")
         self.has_max = batch.max_exp_avg_sqs is not None
         self.has_master = batch.master_params is not None
         if not _ext.supported(self.pdtype, self.sdtype, self.has_master):
             raise BackendUnavailable(_unsupported(batch.dtype, batch.state_dtype, self.has_master))
-        lists = {_PARAM: batch.params, _GRAD: batch.grads, _EXP_AVG: batch.exp_avgs, _EXP_AVG_SQ: batch.exp_avg_sqs,
-                 _MAX: batch.max_exp_avg_sqs, _MASTER: batch.master_params}
-        want = {_PARAM: batch.dtype, _GRAD: batch.dtype, _EXP_AVG: batch.state_dtype, _EXP_AVG_SQ: batch.state_dtype,
-                _MAX: batch.state_dtype, _MASTER: torch.float32}
-        self.table = torch.zeros(7, n, dtype=torch.int64)
-        rows = self.table.numpy()
-        for row, tensors in lists.items():
-            if tensors is None:
-                continue
-            if len(tensors) != n:
-                raise ValueError(f"TensorBatch lists must have the same length; got {len(tensors)} and {n}")
-            for i, t in enumerate(tensors):
-                _check_tensor(t, batch.params[i], want[row])
-            rows[row, :] = [t.data_ptr() for t in tensors]
-        rows[_NUMEL, :] = [p.numel() for p in batch.params]
-        self._rows = rows
-        self.total = int(sum(p.numel() for p in batch.params))
-        self.numels = [p.numel() for p in batch.params]
-        self.max_numel = max(self.numels, default=0)
+        batch.validate()
+        self.n = len(batch)
+        self.table = batch.pointer_table()  # int64 [PTR_TABLE_ROWS, n], contiguous, on the host
         self.addr = self.table.data_ptr()
-        for name, t in (("group_index", batch.group_index), ("steps", batch.steps)):
-            if t.device.type != "cpu" or not t.is_contiguous() or t.numel() != n:
-                raise ValueError(f"TensorBatch.{name} must be a contiguous CPU tensor of {n} elements")
-        if batch.group_index.dtype != torch.int64 or batch.steps.dtype != torch.float32:
-            raise ValueError("TensorBatch.group_index must be int64 and TensorBatch.steps float32")
+        self._grad_row = self.table.numpy()[L.PTR_GRAD]  # a view: refresh_grads writes the table in place
+        self.numels = self.table[L.PTR_NUMEL].tolist()
+        self.total = int(sum(self.numels))
+        self.max_numel = max(self.numels, default=0)
         self.scratch: torch.Tensor | None = None
         self.sums: torch.Tensor | None = None
 
     def refresh_grads(self, grads: list[torch.Tensor]) -> None:
-        self._rows[_GRAD, :] = [g.data_ptr() for g in grads]
-
-
-def _check_tensor(t: torch.Tensor, p: torch.Tensor, dtype: torch.dtype) -> None:
-    if t.device.type != "cpu":
-        raise BackendUnavailable(f"backend 'cpu' needs CPU tensors; got a tensor on {t.device}")
-    if t.dtype != dtype:
-        raise ValueError(f"backend 'cpu': expected a {dtype} tensor, got {t.dtype}")
-    if not t.is_contiguous():
-        raise ValueError("backend 'cpu' needs contiguous tensors")
-    if t.numel() != p.numel():
-        raise ValueError(f"backend 'cpu': a state tensor has {t.numel()} elements, its parameter {p.numel()}")
+        self._grad_row[:] = [g.data_ptr() for g in grads]
 
 
 def _unsupported(pdtype: torch.dtype, sdtype: torch.dtype, master: bool) -> str:
@@ -204,8 +177,8 @@ class CpuBackend:
             return
         tabs = self._tables(batch)
         if (norms_out.dtype != torch.float32 or not norms_out.is_contiguous() or norms_out.device.type != "cpu"
-                or tuple(norms_out.shape) != (tabs.n, 3)):
-            raise ValueError(f"norms_out must be a contiguous float32 CPU tensor of shape ({tabs.n}, 3)")
+                or tuple(norms_out.shape) != (tabs.n, L.NORM_COLS)):
+            raise ValueError(f"norms_out must be a contiguous float32 CPU tensor of shape ({tabs.n}, {L.NORM_COLS})")
         addrs = _ctx_addrs(ctx, batch)
         clip = _scalar_addr(clip_div, "clip_div")
         threads = self._nthreads()

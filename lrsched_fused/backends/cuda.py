@@ -1,11 +1,12 @@
 """The ``"cuda"`` backend: the CUDA sources in ``csrc/cuda`` (extension ``lrsched_fused._cuda``).
 
 Built only where nvcc and a GPU are present (see ``setup.py``). Same math and tables as the CPU backend
-(the schedule and the per-element updates come from the shared headers in ``csrc/include/lrsched``):
-one thread block per (tensor, chunk of ``_cuda.CHUNK_ELEMS`` elements) from a block table cached per
-bucket; AdamW is one launch; LAMB is stage 1 (norm partials), a per-tensor reduction in chunk order
+(the schedule, the per-element updates, the dtype combinations and the clock advance come from the
+shared headers in ``csrc/include/lrsched``): the device copy of the bucket's pointer table
+(``TensorBatch.pointer_table()``, ``layout.PTR_*`` rows) and one thread block per (tensor, chunk of
+``_cuda.CHUNK_ELEMS`` elements) from a block table, both cached per bucket; AdamW is one launch; LAMB is stage 1 (norm partials), a per-tensor reduction in chunk order
 (deterministic, no float atomics) and stage 2 (moments and update), with the ``allreduce`` callback
-between the reduction and stage 2 for sharded parameters. Every call is asynchronous on the current
+between the reduction and stage 2 for sharded parameters (phases ``layout.LAMB_*``). Every call is asynchronous on the current
 stream: nothing is read on the host.
 """
 
@@ -15,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import ScheduleTables
 
 from ._api import BackendUnavailable, StepContext, TensorBatch
@@ -31,14 +33,19 @@ except ImportError as exc:
 
 __all__ = ["CudaBackend"]
 
-_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _CACHE_KEY = "cuda"
 
 
 def _code(dtype: torch.dtype, what: str) -> int:
-    if dtype not in _CODES:
-        raise BackendUnavailable(f"backend 'cuda' has no kernels for {what} dtype {dtype}")
-    return _CODES[dtype]
+    try:
+        return L.dtype_code(dtype)
+    except ValueError:
+        raise BackendUnavailable(f"backend 'cuda' has no kernels for {what} dtype {dtype}") from None
+
+
+def _unsupported(pdtype: torch.dtype, sdtype: torch.dtype, master: bool) -> str:
+    return (f"backend 'cuda' has no kernels for parameter dtype {pdtype} with state dtype {sdtype}"
+            f"{' and master weights' if master else ''}")
 
 
 def _stream(device: torch.device) -> int:
@@ -56,20 +63,10 @@ class _DeviceTables:
         self.sdtype = _code(batch.state_dtype, "state")
         has_max, has_master = batch.max_exp_avg_sqs is not None, batch.master_params is not None
         if not _ext.supported(self.pdtype, self.sdtype, has_master):
-            raise BackendUnavailable(f"backend 'cuda' has no kernels for parameter dtype {batch.dtype} with state "
-                                     f"dtype {batch.state_dtype}{' and master weights' if has_master else ''}")
-        rows = [batch.params, batch.grads, batch.exp_avgs, batch.exp_avg_sqs, batch.max_exp_avg_sqs,
-                batch.master_params]
-        host = torch.zeros(7, n, dtype=torch.int64)
-        for r, tensors in enumerate(rows):
-            if tensors is None:
-                continue
-            for i, t in enumerate(tensors):
-                if t.device != device or not t.is_contiguous() or t.numel() != batch.params[i].numel():
-                    raise ValueError("backend 'cuda' needs contiguous tensors on one device, shaped like their params")
-            host[r] = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
-        numels = [p.numel() for p in batch.params]
-        host[6] = torch.tensor(numels, dtype=torch.int64)
+            raise BackendUnavailable(_unsupported(batch.dtype, batch.state_dtype, has_master))
+        batch.validate()
+        host = batch.pointer_table()  # int64 [PTR_TABLE_ROWS, n] on the host
+        numels = host[L.PTR_NUMEL].tolist()
         chunk = _ext.CHUNK_ELEMS
         counts = [(k + chunk - 1) // chunk for k in numels]
         tensor_of = [i for i, c in enumerate(counts) for _ in range(c)]
@@ -81,7 +78,7 @@ class _DeviceTables:
         self.table = host.to(device)
         self.blocks = torch.tensor([tensor_of, chunk_of], dtype=torch.int32).reshape(2, -1).to(device)
         self.first_block = torch.tensor(first, dtype=torch.int64).to(device)
-        self.grad_ptrs = host[1].tolist()
+        self.grad_ptrs = host[L.PTR_GRAD].tolist()
         self._pinned: torch.Tensor | None = None
         self.tt = (self.table.data_ptr(), n, self.pdtype, self.sdtype, int(has_max), int(has_master),
                    self.blocks.data_ptr(), self.nblocks, self.first_block.data_ptr())
@@ -93,7 +90,7 @@ class _DeviceTables:
         ptrs = [g.data_ptr() for g in grads]
         if ptrs != self.grad_ptrs:  # stream-ordered copy from pinned memory: no host sync
             pinned = torch.tensor(ptrs, dtype=torch.int64).pin_memory()
-            self.table[1].copy_(pinned, non_blocking=True)
+            self.table[L.PTR_GRAD].copy_(pinned, non_blocking=True)
             self._pinned, self.grad_ptrs = pinned, ptrs
 
 
@@ -122,8 +119,7 @@ class CudaBackend:
         if torch.device(device).type != "cuda":
             raise BackendUnavailable(f"backend 'cuda' needs CUDA tensors; got device {device}")
         if not _ext.supported(_code(param_dtype, "parameter"), _code(state_dtype, "state"), False):
-            raise BackendUnavailable(f"backend 'cuda' has no kernels for parameter dtype {param_dtype} with state "
-                                     f"dtype {state_dtype}")
+            raise BackendUnavailable(_unsupported(param_dtype, state_dtype, False))
 
     def adamw(self, batch: TensorBatch, ctx: StepContext, *, amsgrad: bool) -> None:
         if len(batch) == 0:
@@ -142,11 +138,11 @@ class CudaBackend:
         args = (tabs.tt, c, _opt(clip_div), norms_out.data_ptr(), tabs.partials.data_ptr(), tabs.ratio.data_ptr(),
                 tabs.sums.data_ptr())
         if allreduce is None:
-            _ext.lamb(*args, 0, stream)
+            _ext.lamb(*args, L.LAMB_FUSED, stream)
             return
-        _ext.lamb(*args, 1, stream)
+        _ext.lamb(*args, L.LAMB_STAGE1, stream)
         allreduce(tabs.sums)
-        _ext.lamb(*args, 2, _stream(tabs.device))
+        _ext.lamb(*args, L.LAMB_STAGE2, _stream(tabs.device))
 
     def grad_sumsq(self, batch: TensorBatch, ctx: StepContext) -> torch.Tensor:
         out = torch.zeros((), dtype=torch.float32, device=batch.device)
