@@ -1,9 +1,13 @@
 """The C++ CPU backend (``backend="cpu"``) against float64 oracles.
 
 The oracle is ``lrsched_fused.backends.reference`` (the backend contract written as plain torch code, no
-shared code with csrc/) run on float64 copies of every tensor; for low-precision storage the oracle's
-copies are rounded to the storage dtype after each step, as the real storage is, while its math stays in
-float64. Tolerances are ``helpers.RTOL`` of the coarser of the parameter and state dtypes.
+shared code with csrc/) run on float64 copies of the parameters; for low-precision parameters the
+oracle's copies are rounded to the storage dtype after each step, as the real storage is, while its math
+stays in float64. Its moments are kept in the state dtype itself (it computes them in float64 and stores
+them rounded, as the real storage is), so its LAMB forms ``r`` from the moments as stored, the meaning
+every backend implements (``backends/_api.py``; for 16-bit states it differs from the fresh moments by
+more than the tolerances: ``test_lamb_with_bf16_states_uses_the_stored_moments``). Tolerances are
+``helpers.RTOL`` of the coarser of the parameter and state dtypes.
 """
 
 from __future__ import annotations
@@ -92,9 +96,10 @@ class Problem:
         self.vmax = [torch.zeros(k, dtype=sdtype) for k in sizes] if amsgrad else None
         # oracle: float64; its "params" are the master weights when we keep them
         self.o_params = [t.to(torch.float64, copy=True) for t in (self.masters if master else self.params)]
-        self.o_m = [torch.zeros(k, dtype=torch.float64) for k in sizes]
-        self.o_v = [torch.zeros(k, dtype=torch.float64) for k in sizes]
-        self.o_vmax = [torch.zeros(k, dtype=torch.float64) for k in sizes] if amsgrad else None
+        # oracle moments in the state dtype: float64 math, stored rounded (LAMB's r from the stored moments)
+        self.o_m = [torch.zeros(k, dtype=sdtype) for k in sizes]
+        self.o_v = [torch.zeros(k, dtype=sdtype) for k in sizes]
+        self.o_vmax = [torch.zeros(k, dtype=sdtype) for k in sizes] if amsgrad else None
         self.group_index = torch.tensor(groups if groups is not None else [0] * n, dtype=torch.int64)
         steps = torch.tensor(init_steps if init_steps is not None else [0] * n, dtype=torch.float32)
         self.steps, self.o_steps = steps.clone(), steps.clone()
@@ -111,13 +116,11 @@ class Problem:
         return TensorBatch(self.o_params, grads, self.o_m, self.o_v, self.o_vmax, None, self.group_index, self.o_steps)
 
     def round_oracle_storage(self) -> None:
-        """Round the oracle's copies to what our storage can hold (its math stays float64)."""
+        """Round the oracle's parameters to what our storage can hold (its math stays float64; its moments
+        are stored in the state dtype already)."""
         if not self.master and self.pdtype != torch.float64:
             for p in self.o_params:
                 p.copy_(p.to(self.pdtype).double())
-        if self.sdtype != torch.float64:
-            for t in self.o_m + self.o_v + (self.o_vmax or []):
-                t.copy_(t.to(self.sdtype).double())
 
     def check_close(self, rtol: float, what: str) -> None:
         ours = self.masters if self.master else self.params
@@ -345,9 +348,10 @@ def test_every_instruction_set_gives_identical_bits(kind, combo):
         _assert_bit_identical(results[isas[0]], results[isa], f"{kind}: {isas[0]} vs {isa}")
 
 
+@pytest.mark.parametrize("combo", [COMBOS[0], COMBOS[8], COMBOS[4]], ids=combo_id)
 @pytest.mark.parametrize("scratch", [0, 1000, 70000], ids=lambda s: f"scratch{s}")
-def test_lamb_scratch_size_does_not_change_bits(scratch):
-    combo = COMBOS[0]
+def test_lamb_scratch_size_does_not_change_bits(scratch, combo):
+    # with 16-bit states too: stage 2 reading u back or recomputing it from the rounded moments agree
     default = _run_kind("lamb", CpuBackend(threads=2), combo)
     _assert_bit_identical(default, _run_kind("lamb", CpuBackend(threads=2, lamb_scratch=scratch), combo),
                           f"lamb scratch={scratch}")
@@ -603,6 +607,30 @@ def test_fused_lamb_on_cpu_backend_matches_reference_backend():
     ta, tb = oa.telemetry(), ob.telemetry()
     for key in ("trust_ratio", "param_norm", "update_norm", "lr", "grad_norm"):
         assert max_rel_err(ta[key], tb[key]) <= 1e-5, key
+
+
+def test_lamb_with_bf16_states_uses_the_stored_moments():
+    """FusedLAMB on the CPU backend with fp32 params and bf16 moments forms its update from the moments as
+    stored: it follows ``run_lamb(..., state_storage=torch.bfloat16)`` over 20 steps of a WSD schedule
+    (``||update - ref|| <= BF16_STATE_TOL ||ref||``, see test_optim_lamb.py), agrees with the reference
+    backend to float32 rounding (both compute in float32 and round the same moments), and the check has
+    teeth: r from the fresh moments misses the reference by more than three times the tolerance."""
+    from test_optim_lamb import (BF16_STATE_SCHED, BF16_STATE_TOL, bf16_state_problem, fresh_moment_lamb,
+                                 run_bf16_state_lamb, update_rel_err)
+
+    from lrsched_fused import reference as R
+
+    hp = dict(weight_decay=0.05, decoupled_decay=True, max_grad_norm=20.0)
+    params0, grads = bf16_state_problem(seed=1)
+    ref = R.run_lamb(params0, grads, lr=BF16_STATE_SCHED, state_storage=torch.bfloat16, **hp).params
+    fresh = fresh_moment_lamb(params0, grads, BF16_STATE_SCHED, **hp)
+    assert update_rel_err(fresh, ref, params0) > 3 * BF16_STATE_TOL
+    ours = run_bf16_state_lamb("cpu", params0, grads, **hp)
+    err = update_rel_err(ours, ref, params0)
+    assert err <= BF16_STATE_TOL, f"update differs from the stored-moment reference by {err:.3g}"
+    theirs = run_bf16_state_lamb("reference", params0, grads, **hp)
+    for a, b in zip(ours, theirs):
+        assert max_rel_err(a, b) <= 1e-6
 
 
 def test_extension_shares_torchs_openmp_runtime():

@@ -358,3 +358,73 @@ def test_ratio_is_one_on_zero_norms(backend):
     row0 = [id(p) for p in tel1["params"]].index(id(first[0]))
     assert float(tel1["param_norm"][row0]) == 0.0 and float(tel1["trust_ratio"][row0]) == 1.0
     assert torch.allclose(first[0].detach(), torch.full((6,), -1e-2 * 0.5 / (0.5 + 1e-6)), rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 16-bit moment states: one meaning on every backend (r from the moments as stored)
+# ---------------------------------------------------------------------------------------------------
+#: Tolerance of :func:`update_rel_err` between a backend (float32 math) and the float64 reference with
+#: bf16 moment storage. Both round each new moment to bf16; they pick different bf16 neighbours only where
+#: the float32 and the float64 value straddle a rounding midpoint (a few elements in 10^5 per step), and
+#: such an element's update then differs by up to 2^-8 of itself: measured 5e-7 (no such element) to 2e-5.
+#: The other meaning (r from the fresh moments) differs by ~6e-4: every element's r moves by up to 2^-9.
+BF16_STATE_TOL = 1e-4
+BF16_STATE_SCHED = S.wsd(2e-2, 20, warmup_steps=4, decay_steps=8, decay="cosine", final_lr=1e-3, init_lr=2e-3)
+
+
+def bf16_state_problem(seed: int = 0, steps: int = 20):
+    """fp32 parameters (2369 elements in three tensors) and ``steps`` steps of fp32 gradients."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(64, 33), (257,), (5, 4)]
+    params0 = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(steps)]
+    return params0, grads
+
+
+def fresh_moment_lamb(params0, grads, lr, state_dtype=torch.bfloat16, max_grad_norm=None,
+                      **hparams) -> list[torch.Tensor]:
+    """The meaning *not* chosen, for contrast (torch's fused kernels' way, the C++ CPU backend's before):
+    ``r`` from the fresh float64 moments, which are stored rounded to ``state_dtype`` afterwards."""
+    params = [p.double().clone() for p in params0]
+    states = [R.new_lamb_state(p) for p in params]
+    for k, step_grads in enumerate(grads):
+        clip_div = 1.0 if max_grad_norm is None else max(1.0, R.global_grad_norm(step_grads) / max_grad_norm)
+        R.lamb_step(params, step_grads, states, lr=lr(k), clip_div=clip_div, **hparams)
+        for st_ in states:
+            st_["exp_avg"] = R.round_to_storage(st_["exp_avg"], state_dtype)
+            st_["exp_avg_sq"] = R.round_to_storage(st_["exp_avg_sq"], state_dtype)
+    return params
+
+
+def update_rel_err(got, ref, start) -> float:
+    """``||(got - start) - (ref - start)|| / ||ref - start||`` over all tensors together (float64): the error of
+    the whole run's update, which a rare one-element difference cannot dominate."""
+    d = torch.cat([(x.detach().double() - s.double()).flatten() for x, s in zip(got, start)])
+    dr = torch.cat([(r.double() - s.double()).flatten() for r, s in zip(ref, start)])
+    return float((d - dr).norm() / dr.norm())
+
+
+def run_bf16_state_lamb(backend: str, params0, grads, **hparams) -> list[torch.Tensor]:
+    params = [torch.nn.Parameter(p.clone()) for p in params0]
+    opt = FusedLAMB(params, lr=BF16_STATE_SCHED, state_dtype=torch.bfloat16, backend=backend, **hparams)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        opt.step()
+    assert all(opt.state[p]["exp_avg"].dtype == torch.bfloat16 for p in params)
+    return params
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_states_form_the_update_from_the_stored_moments(backend):
+    """FusedLAMB with fp32 params and bf16 moments follows ``run_lamb(..., state_storage=torch.bfloat16)``
+    (``||update - ref|| <= BF16_STATE_TOL ||ref||`` over 20 steps of a WSD schedule), and that check can
+    fail: the fresh-moment meaning misses the same reference by more than three times the tolerance."""
+    hp = dict(weight_decay=0.01)
+    params0, grads = bf16_state_problem()
+    ref = R.run_lamb(params0, grads, lr=BF16_STATE_SCHED, state_storage=torch.bfloat16, **hp).params
+    fresh = fresh_moment_lamb(params0, grads, BF16_STATE_SCHED, **hp)
+    assert update_rel_err(fresh, ref, params0) > 3 * BF16_STATE_TOL
+    got = run_bf16_state_lamb(backend, params0, grads, **hp)
+    err = update_rel_err(got, ref, params0)
+    assert err <= BF16_STATE_TOL, f"{backend}: update differs from the stored-moment reference by {err:.3g}"

@@ -208,3 +208,31 @@ def test_lamb_without_bias_correction_and_grad_averaging_first_step():
     u = m / (v.sqrt() + eps)
     want = p - 1e-2 * (p.norm() / u.norm()) * u
     assert torch.allclose(run.params[0], want, rtol=1e-14, atol=0)
+
+
+def test_lamb_state_storage_forms_r_from_the_rounded_moments():
+    """``state_storage=torch.bfloat16``: the moments are rounded to bf16 (nearest even) after each update and
+    ``r`` comes from the rounded values (the meaning every backend implements for 16-bit states); the
+    first step written out by hand, then a 20-step run that differs from the float64-moment one."""
+    params, grads = random_problem([(7, 5), (11,)], steps=20, seed=10)
+    b1, b2, eps, wd, lr = 0.9, 0.999, 1e-6, 0.01, 1e-2
+    run = R.run_lamb(params, grads[:1], lr=lr, eps=eps, weight_decay=wd, state_storage=torch.bfloat16)
+    for j, (p, g) in enumerate(zip(params, grads[0])):
+        m = ((1 - b1) * g).to(torch.bfloat16).double()
+        v = ((1 - b2) * g * g).to(torch.bfloat16).double()
+        assert torch.equal(run.states[j]["exp_avg"], m) and torch.equal(run.states[j]["exp_avg_sq"], v)
+        r = (m / (1 - b1)) / (v.sqrt() / math.sqrt(1 - b2) + eps)
+        u = r + wd * p
+        want = p - lr * (p.norm() / u.norm()) * u
+        assert torch.allclose(run.params[j], want, rtol=1e-14, atol=0)
+        assert run.norms[0][j].update_norm == pytest.approx(float(u.norm()), rel=1e-14)
+        fresh_u = lamb_first_step(p, g, lr, eps, wd)[2]
+        assert abs(run.norms[0][j].update_norm - fresh_u) > 1e-6 * fresh_u  # the rounding is visible
+    stored = R.run_lamb(params, grads, lr=SCHED, state_storage=torch.bfloat16)
+    for st_ in stored.states:  # every stored moment is a bf16 value
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(st_[key], st_[key].to(torch.bfloat16).double())
+    wide = R.run_lamb(params, grads, lr=SCHED)
+    assert max_rel(stored.params, wide.params) > 1e-4
+    assert max_rel(R.run_lamb(params, grads, lr=SCHED, state_storage=torch.float64).params, wide.params) == 0.0
+    assert max_rel(R.run_lamb(params, grads, lr=SCHED, state_storage=None).params, wide.params) == 0.0

@@ -140,9 +140,9 @@ void adamw_ams(const Work& w, const void* coeffs, bool ams) {
 // ====================================================================================================
 // LAMB
 // ====================================================================================================
-/// Stage 1 over elements [b, e) of one tensor: the fresh moments, w and u, and the sums of w^2 and u^2
-/// added into 16 double lanes each. STORE: also write the moments (rounded to S) and u (into u_out), so
-/// that stage 2 reads u back; otherwise nothing is written (stage 2 then recomputes everything).
+/// Stage 1 over elements [b, e) of one tensor: the new moments rounded to S (as stored: lamb.h), w and u,
+/// and the sums of w^2 and u^2 added into 16 double lanes each. STORE: also write the moments and u (into
+/// u_out), so that stage 2 reads u back; otherwise nothing is written (stage 2 then recomputes everything).
 template <class P, class S, bool MASTER, bool STORE>
 void lamb_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, S* LRS_RESTRICT m, S* LRS_RESTRICT v,
                 const float* LRS_RESTRICT master, compute_t<P>* LRS_RESTRICT u_out, int64_t b, int64_t e,
@@ -155,7 +155,7 @@ void lamb_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, S* LRS_RESTRIC
     for (int64_t j = 0; j < len; ++j) {
       const int64_t x = s + j;
       T mj = load(m[x]), vj = load(v[x]);
-      lamb_moments(load(g[x]), mj, vj, c);
+      lamb_moments_stored<S>(load(g[x]), mj, vj, c);
       if constexpr (STORE) {
         store(&m[x], mj);
         store(&v[x], vj);
@@ -176,7 +176,8 @@ void lamb_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, S* LRS_RESTRIC
 }
 
 /// Stage 2 over elements [b, e): p = w - lr_ratio * u, with u read back (FROM_U) or recomputed from the
-/// gradient and the old moments, which are then written (so stage 1 wrote nothing).
+/// gradient and the old moments (rounded to S as in stage 1: the same bits), which are then written (so
+/// stage 1 wrote nothing).
 template <class P, class S, bool MASTER, bool FROM_U>
 void lamb_pass2(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, S* LRS_RESTRICT m, S* LRS_RESTRICT v,
                 float* LRS_RESTRICT master, const compute_t<P>* LRS_RESTRICT u_in, int64_t b, int64_t e,
@@ -191,7 +192,7 @@ void lamb_pass2(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, S* LRS_RESTRICT m, S
       uj = u_in[x];
     } else {
       T mj = load(m[x]), vj = load(v[x]);
-      lamb_moments(load(g[x]), mj, vj, c);
+      lamb_moments_stored<S>(load(g[x]), mj, vj, c);
       store(&m[x], mj);
       store(&v[x], vj);
       lamb_base_update(pj, lamb_direction(mj, vj, c), c, wj, uj);

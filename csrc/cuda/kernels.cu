@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kThreads) lamb_stage1_kernel(TensorTable tt, S
   double sw = 0.0, su = 0.0;
   for (int64_t x = b + threadIdx.x; x < e; x += blockDim.x) {
     T mj = load(m[x]), vj = load(v[x]);
-    lamb_moments(load(gr[x]), mj, vj, c);
+    lamb_moments_stored<S>(load(gr[x]), mj, vj, c);  // r from the moments as stored (lamb.h)
     const T pj = MASTER ? static_cast<T>(r.master[x]) : load(p[x]);
     T wj, uj;
     lamb_base_update(pj, lamb_direction(mj, vj, c), c, wj, uj);
@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(kThreads) lamb_stage2_kernel(TensorTable tt, S
   const int64_t b = chunk * kChunkElems, e = min(b + kChunkElems, r.numel);
   for (int64_t x = b + threadIdx.x; x < e; x += blockDim.x) {
     T mj = load(m[x]), vj = load(v[x]);
-    lamb_moments(load(gr[x]), mj, vj, c);
+    lamb_moments_stored<S>(load(gr[x]), mj, vj, c);  // the same bits as stage 1
     store(&m[x], mj);
     store(&v[x], vj);
     const T pj = MASTER ? static_cast<T>(r.master[x]) : load(p[x]);

@@ -20,11 +20,12 @@ namespace {
 
 const std::vector<int64_t> kSizes = {3 * cpu::kChunkElems + 123, 17, 0, cpu::kChunkElems, 5000, 1};
 
-/// One bucket of fp32 (or bf16-param) tensors with its tables; copies are independent.
+/// One bucket of fp32 (or bf16-param) tensors with fp32 (or bf16) moments and its tables; copies are
+/// independent. With bf16 moments, ``m`` and ``v`` hold the initial moments' values (as stored).
 struct Bucket {
-  int64_t pdtype;
+  int64_t pdtype, sdtype;
   std::vector<std::vector<float>> p32, g32, m, v, master;
-  std::vector<std::vector<bf16>> p16, g16;
+  std::vector<std::vector<bf16>> p16, g16, m16, v16;
   std::vector<int64_t> numel, group;
   std::vector<float> steps;
   // tables: one constant schedule (0.01), one linear warmup (tokens clock), two groups
@@ -38,7 +39,7 @@ struct Bucket {
   std::vector<const void*> ptr_g;
   std::vector<float*> ptr_master;
 
-  explicit Bucket(int64_t pd, uint32_t seed = 1) : pdtype(pd) {
+  explicit Bucket(int64_t pd, uint32_t seed = 1, int64_t sd = L::DT_F32) : pdtype(pd), sdtype(sd) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (size_t i = 0; i < kSizes.size(); ++i) {
@@ -63,6 +64,17 @@ struct Bucket {
       } else {
         p32.push_back(p);
         g32.push_back(g);
+      }
+      if (sd == L::DT_BF16) {
+        std::vector<bf16> mb(n), vb(n);
+        for (int64_t j = 0; j < n; ++j) {
+          store(&mb[j], mm[j]);
+          store(&vb[j], vv[j]);
+          mm[j] = load(mb[j]);
+          vv[j] = load(vb[j]);
+        }
+        m16.push_back(mb);
+        v16.push_back(vb);
       }
       m.push_back(mm);
       v.push_back(vv);
@@ -98,13 +110,18 @@ struct Bucket {
         ptr_p.push_back(p32[i].data());
         ptr_g.push_back(g32[i].data());
       }
-      ptr_m.push_back(m[i].data());
-      ptr_v.push_back(v[i].data());
+      if (sdtype == L::DT_BF16) {
+        ptr_m.push_back(m16[i].data());
+        ptr_v.push_back(v16[i].data());
+      } else {
+        ptr_m.push_back(m[i].data());
+        ptr_v.push_back(v[i].data());
+      }
     }
     cpu::TensorTable tt;
     tt.n = static_cast<int64_t>(kSizes.size());
     tt.pdtype = pdtype;
-    tt.sdtype = L::DT_F32;
+    tt.sdtype = sdtype;
     tt.param = ptr_p.data();
     tt.grad = ptr_g.data();
     tt.exp_avg = ptr_m.data();
@@ -135,7 +152,8 @@ struct Bucket {
           return false;
       return true;
     };
-    return eq(p32, o.p32) && eq(p16, o.p16) && eq(master, o.master) && eq(m, o.m) && eq(v, o.v);
+    return eq(p32, o.p32) && eq(p16, o.p16) && eq(master, o.master) && eq(m, o.m) && eq(v, o.v) &&
+           eq(m16, o.m16) && eq(v16, o.v16);
   }
 };
 
@@ -289,6 +307,87 @@ TEST(found_inf_leaves_everything_unchanged) {
     CHECK(a.same_bits(b));
     if (lamb) CHECK(norms[3 * 0 + L::NORM_PARAM] > 0.0f);  // telemetry is still written
   }
+}
+
+TEST(lamb_with_bf16_moments_gives_the_same_bits_on_every_path) {
+  // fp32 params, bf16 moments: stage 2 reading u from the scratch, or recomputing it (no or a tiny scratch),
+  // on 1-3 threads, and the sharded stages on 1-2 threads all form u from the moments as stored
+  Bucket base(L::DT_F32, 1, L::DT_BF16);
+  std::vector<float> nb(3 * kSizes.size());
+  run(base, true, 2, &nb);
+  for (int threads : {1, 2, 3}) {
+    for (int64_t scratch : {int64_t(1) << 20, int64_t(0), int64_t(300)}) {
+      Bucket other(L::DT_F32, 1, L::DT_BF16);
+      std::vector<float> no(nb.size());
+      run(other, true, threads, &no, scratch);
+      CHECK(base.same_bits(other));
+      CHECK(std::memcmp(nb.data(), no.data(), nb.size() * 4) == 0);
+    }
+  }
+  Bucket one(L::DT_F32, 1, L::DT_BF16), two(L::DT_F32, 1, L::DT_BF16);
+  for (auto* b : {&one, &two}) {
+    const cpu::TensorTable tt = b->table();
+    const cpu::StepTables st = b->step_tables();
+    std::vector<float> sums(2 * tt.n), norms(3 * tt.n);
+    cpu::lamb_stage1(tt, st, nullptr, sums.data(), b == &one ? 1 : 2);
+    cpu::lamb_stage2(tt, st, nullptr, sums.data(), norms.data(), b == &one ? 1 : 2);
+    for (size_t k = 0; k < nb.size(); ++k) CHECK_NEAR(norms[k], nb[k], 1e-6);
+  }
+  CHECK(one.same_bits(two));
+  for (size_t i = 0; i < kSizes.size(); ++i) {  // the moments do not depend on the ratio: the same bits
+    if (kSizes[i] == 0) continue;
+    CHECK(std::memcmp(one.m16[i].data(), base.m16[i].data(), 2 * kSizes[i]) == 0);
+    CHECK(std::memcmp(one.v16[i].data(), base.v16[i].data(), 2 * kSizes[i]) == 0);
+  }
+  for (size_t i = 0; i < kSizes.size(); ++i)
+    for (int64_t j = 0; j < kSizes[i]; ++j) CHECK_NEAR(one.p32[i][j], base.p32[i][j], 1e-6);
+}
+
+TEST(lamb_with_bf16_moments_forms_the_update_from_the_stored_moments) {
+  // A double loop with the new moments rounded to bf16 before r (the stored meaning) against the kernels:
+  // every element within float32 rounding except the rare one where float and double round the moment to
+  // different bf16 neighbours; the fresh meaning (r from the unrounded moments) misses most elements.
+  Bucket b(L::DT_F32, 1, L::DT_BF16), ref(L::DT_F32, 1, L::DT_BF16);
+  run(b, true, 2);
+  int64_t total = 0, off_stored = 0, off_fresh = 0;
+  for (size_t i = 0; i < kSizes.size(); ++i) {
+    const double* h = ref.hp.data() + ref.group[i] * L::HP_COLS;
+    const double lr = i % 2 ? 0.5 * 0.02 * 40.0 / 100.0 : 0.01;
+    const double t = ref.steps[i] + 1.0, b1 = h[L::HP_BETA1], b2 = h[L::HP_BETA2], wd = h[L::HP_WEIGHT_DECAY];
+    const bool dec = h[L::HP_DECOUPLED] != 0.0;
+    const double bc1 = 1 - std::pow(b1, t), bc2 = 1 - std::pow(b2, t);
+    auto bf = [](double x) { return static_cast<double>(round_trip<bf16>(static_cast<float>(x))); };
+    for (int stored = 0; stored < 2; ++stored) {
+      const int64_t n = kSizes[i];
+      std::vector<double> w(n), u(n);
+      double sw = 0, su = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const double p = ref.p32[i][j], g = ref.g32[i][j];
+        double m = b1 * ref.m[i][j] + (1 - b1) * g, v = b2 * ref.v[i][j] + (1 - b2) * g * g;
+        if (stored) {
+          m = bf(m);
+          v = bf(v);
+        }
+        const double r = (m / bc1) / (std::sqrt(v) / std::sqrt(bc2) + h[L::HP_EPS]);
+        w[j] = dec ? p * (1 - lr * wd) : p;
+        u[j] = dec ? r : r + wd * p;
+        sw += w[j] * w[j];
+        su += u[j] * u[j];
+      }
+      const double ratio = (sw > 0 && su > 0) ? std::sqrt(sw) / std::sqrt(su) : 1.0;
+      for (int64_t j = 0; j < n; ++j) {
+        const double want = w[j] - lr * ratio * u[j];
+        const bool off = !(std::fabs(b.p32[i][j] - want) <= 1e-6 * (std::fabs(ref.p32[i][j]) + lr));
+        (stored ? off_stored : off_fresh) += off ? 1 : 0;
+      }
+      if (stored) total += n;
+    }
+  }
+  CHECK(off_stored * 10000 <= total);  // at most 0.01%
+  CHECK(off_fresh * 4 >= total);       // at least 25%
+  if (!(off_stored * 10000 <= total) || !(off_fresh * 4 >= total))
+    std::fprintf(stderr, "elements off: stored %lld, fresh %lld of %lld\n", (long long)off_stored,
+                 (long long)off_fresh, (long long)total);
 }
 
 TEST(grad_sumsq_matches_a_double_sum) {

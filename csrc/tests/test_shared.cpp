@@ -1,8 +1,10 @@
 // The pieces the CPU and CUDA backends share (csrc/include/lrsched): supported() and the dtype dispatch
-// (dtypes.h) and the end-of-step advance of lr_out / steps / clock (advance.h).
+// (dtypes.h), the end-of-step advance of lr_out / steps / clock (advance.h), and the stored-moment rounding
+// of LAMB (lamb.h).
 #include <lrsched/advance.h>
 #include <lrsched/convert.h>
 #include <lrsched/dtypes.h>
+#include <lrsched/lamb.h>
 #include <lrsched/layout.h>
 
 #include <cmath>
@@ -190,6 +192,38 @@ TEST(advance_split_over_workers_equals_one_worker) {
     CHECK(lr1 == lr2);
     CHECK(one.clock == many.clock);
   }
+}
+
+TEST(lamb_moments_stored_round_to_the_state_type) {
+  double hp[L::HP_COLS] = {};
+  hp[L::HP_BETA1] = 0.9;
+  hp[L::HP_BETA2] = 0.999;
+  hp[L::HP_EPS] = 1e-6;
+  hp[L::HP_BIAS_CORRECTION] = hp[L::HP_GRAD_AVERAGING] = 1.0;
+  const LambCoeffs<float> c = lamb_coeffs<float>(1e-2, hp, 0.0, 1.0);
+  int differ = 0;
+  for (int k = 1; k < 200; ++k) {
+    const float g = 0.013f * k - 1.1f, m0 = 0.002f * k, v0 = 1e-4f * k;
+    float mf = m0, vf = v0;
+    lamb_moments(g, mf, vf, c);
+    float m32 = m0, v32 = v0;
+    lamb_moments_stored<float>(g, m32, v32, c);  // fp32 states: nothing changes
+    CHECK(m32 == mf && v32 == vf);
+    float mb = m0, vb = v0;
+    lamb_moments_stored<bf16>(g, mb, vb, c);
+    bf16 sm, sv;  // what storing the fresh moments writes
+    store(&sm, mf);
+    store(&sv, vf);
+    CHECK(mb == load(sm) && vb == load(sv));
+    float mh = m0, vh = v0;
+    lamb_moments_stored<f16>(g, mh, vh, c);
+    f16 hm, hv;
+    store(&hm, mf);
+    store(&hv, vf);
+    CHECK(mh == load(hm) && vh == load(hv));
+    differ += lamb_direction(mb, vb, c) != lamb_direction(mf, vf, c) ? 1 : 0;
+  }
+  CHECK(differ > 100);  // the stored-moment direction is a different number for most elements
 }
 
 TEST_MAIN()

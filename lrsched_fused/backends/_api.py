@@ -30,10 +30,12 @@ LAMB (You et al., arXiv 1904.00962 v5, Algorithm 2, with the options of ``FusedL
             1 if either norm is 0 or the group has adapt = 0, then clamped to [trust_min, trust_max]
     p = w - lr * ratio * u
 
-Moments are stored in the state dtype (rounded to nearest even for bf16/fp16 states). For fp32/fp64
-states every backend gives the same update up to float rounding; with 16-bit states a backend may form
-``r`` from the fresh moments (as torch's fused kernels do: the reference and the C++ backend) or from the
-stored ones (the Triton LAMB, whose second stage re-reads them), which differ by the state's rounding.
+Moments are stored in the state dtype (rounded to nearest even for bf16/fp16 states). LAMB forms ``r``
+from the moments *as stored*: with 16-bit states, ``m`` and ``v`` are rounded to the state dtype first
+and ``r`` is computed from the rounded values, so the update applied is exactly the one whose norm gave
+the trust ratio (and a second stage may re-read the stored moments). Every backend does this (Triton, C++
+CPU and CUDA, reference); for fp32/fp64 states the rounding is a no-op and every backend gives the same
+update up to float rounding. AdamW keeps torch's meaning: its update uses the fresh moments.
 
 When ``found_inf`` is given and nonzero, nothing is written (params, moments, steps, clock) except
 telemetry. Low-precision parameters with fp32 master weights update the master copy and write the

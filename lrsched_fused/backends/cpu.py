@@ -12,6 +12,7 @@ Numerics (see ``csrc/include/lrsched/*.h`` for the formulas):
 * math in float32 (float64 for float64 parameters); per-tensor coefficients in double, rounded once;
 * the gradient is multiplied by ``1 / grad_scale`` (and ``1 / clip_div``), equal to torch's division when
   the scale is a power of two, as GradScaler's is;
+* LAMB forms its update from the moments as stored (rounded to the state dtype; see ``_api``);
 * LAMB norms: fixed chunks of ``_cpu.CHUNK_ELEMS`` elements, 16 fixed lanes inside a chunk, float64
   across chunks, chunks added in order: the result is bit-identical for any thread count, and (the
   kernels are built with ``-ffp-contract=off``) for every instruction set the binary dispatches to

@@ -144,6 +144,11 @@ class ReferenceBackend:
             beta3 = (1.0 - b1) if h[L.HP_GRAD_AVERAGING] else 1.0
             m = b1 * m + beta3 * g
             v = b2 * v + (1.0 - b2) * g * g
+            # r from the moments as stored (rounded to the state dtype; a no-op for fp32/fp64 states), so the
+            # update applied is the one whose norm gives the ratio, as on every backend
+            state_dtype = batch.exp_avgs[i].dtype
+            m = _round_to(m, state_dtype).to(compute)
+            v = _round_to(v, state_dtype).to(compute)
             bc1, bc2 = (1.0 - b1 ** t, 1.0 - b2 ** t) if h[L.HP_BIAS_CORRECTION] else (1.0, 1.0)
             r = (m / bc1) / (v.sqrt() / math.sqrt(bc2) + eps)
             if h[L.HP_DECOUPLED]:

@@ -61,8 +61,10 @@ def as_float64(t: torch.Tensor) -> torch.Tensor:
 
 def round_to_storage(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """``x`` rounded (to nearest even) to ``dtype`` and widened back to float64; ``x`` itself if ``dtype`` is
-    ``None``. Models an optimizer that keeps a bf16/fp16 parameter without fp32 master weights: the
-    update is computed in high precision and the stored parameter is rounded after every step."""
+    ``None``. Models an optimizer that keeps a bf16/fp16 parameter without fp32 master weights (the
+    update is computed in high precision and the stored parameter is rounded after every step), and
+    LAMB's 16-bit moment states (``run_lamb(state_storage=...)``: the moments are rounded after every
+    update, before the update direction is formed from them)."""
     if dtype is None or dtype == torch.float64:
         return x
     return x.to(dtype).to(torch.float64)

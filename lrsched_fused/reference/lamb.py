@@ -20,6 +20,15 @@ and learning rate ``eta`` (read from the schedule at the 0-based clock):
 The paper's default is ``decoupled_decay=False`` (decay inside the update and the ratio's denominator),
 no clamp (``trust_clip=None``), no clipping; ``phi`` of the paper is the identity. Ratio 1 on a zero
 norm follows the TF reference implementation (tensorflow/addons ``lamb.py``).
+
+16-bit moment states (``state_storage``)
+----------------------------------------
+With ``state_storage=torch.bfloat16`` (or ``float16``) the moments are rounded to that dtype (to nearest
+even, :func:`round_to_storage`) right after each update, and ``r`` is formed from the rounded moments:
+:math:`m \leftarrow \operatorname{rnd}(\beta_1 m + \beta_3 g)`, :math:`v \leftarrow
+\operatorname{rnd}(\beta_2 v + (1 - \beta_2) g^2)`, then ``r`` as above. This is what every backend of
+the package computes for 16-bit states (the update applied is the one whose norm gave the trust ratio;
+``docs/lamb_variants.md``). The rest of the math stays float64. ``None`` (default) keeps float64 moments.
 """
 
 from __future__ import annotations
@@ -72,7 +81,7 @@ def lamb_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | Non
               lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
               bias_correction: bool = True, grad_averaging: bool = True, adapt: bool = True,
               trust_clip: tuple[float, float] | None = None, decoupled_decay: bool = False,
-              clip_div: float = 1.0) -> list[LambNorms | None]:
+              clip_div: float = 1.0, state_storage: torch.dtype | None = None) -> list[LambNorms | None]:
     """One LAMB update of every tensor of ``params`` that has a gradient, in place.
 
     Args:
@@ -81,6 +90,9 @@ def lamb_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | Non
         states: per-parameter dicts (``step`` int, ``exp_avg``, ``exp_avg_sq``), updated in place.
         lr: this update's learning rate.
         clip_div: every gradient is divided by it (global-norm clipping: see :func:`run_lamb`).
+        state_storage: ``None`` (float64 moments) or the dtype the moments are stored in (e.g.
+            ``torch.bfloat16``): they are rounded to it after each update and ``r`` is formed from the
+            rounded values (see the module docstring).
 
     Returns:
         The per-tensor :class:`LambNorms` (``None`` for parameters without a gradient).
@@ -95,8 +107,8 @@ def lamb_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | Non
         g = g.detach().to(device=p.device, dtype=torch.float64) / clip_div
         st["step"] += 1
         t = st["step"]
-        st["exp_avg"] = beta1 * st["exp_avg"] + beta3 * g
-        st["exp_avg_sq"] = beta2 * st["exp_avg_sq"] + (1.0 - beta2) * g * g
+        st["exp_avg"] = round_to_storage(beta1 * st["exp_avg"] + beta3 * g, state_storage)
+        st["exp_avg_sq"] = round_to_storage(beta2 * st["exp_avg_sq"] + (1.0 - beta2) * g * g, state_storage)
         if bias_correction:
             bias_correction1, bias_correction2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
         else:
@@ -136,7 +148,8 @@ class LambRun:
 
 def run_lamb(params: Iterable[Any], grads: Sequence[Sequence[torch.Tensor | None]], *,
              max_grad_norm: float | None = None, tokens: Sequence[int] | None = None,
-             param_storage: torch.dtype | None = None, **defaults: Any) -> LambRun:
+             param_storage: torch.dtype | None = None, state_storage: torch.dtype | None = None,
+             **defaults: Any) -> LambRun:
     """Run ``len(grads)`` LAMB updates from ``params`` and return the float64 result.
 
     Args:
@@ -148,6 +161,8 @@ def run_lamb(params: Iterable[Any], grads: Sequence[Sequence[torch.Tensor | None
             (apex FusedLAMB and timm Lamb clip this way).
         tokens: per update, the tokens it consumed (the token clock).
         param_storage: round parameters to this dtype after each update (see :func:`run_adamw`).
+        state_storage: round the moments to this dtype after each update and form ``r`` from the rounded
+            moments (16-bit moment states; see the module docstring). ``None``: float64 moments.
         **defaults: hyperparameters for groups that do not set them.
     """
     unknown = set(defaults) - set(LAMB_DEFAULTS)
@@ -177,7 +192,8 @@ def run_lamb(params: Iterable[Any], grads: Sequence[Sequence[torch.Tensor | None
                                eps=g["eps"], weight_decay=g["weight_decay"], bias_correction=g["bias_correction"],
                                grad_averaging=g["grad_averaging"], adapt=g["adapt"],
                                trust_clip=None if clip is None else tuple(clip),
-                               decoupled_decay=g["decoupled_decay"], clip_div=clip_div)
+                               decoupled_decay=g["decoupled_decay"], clip_div=clip_div,
+                               state_storage=state_storage)
             for i in range(lo, hi):
                 if step_grads[i] is not None:
                     flat[i].copy_(round_to_storage(flat[i], param_storage))

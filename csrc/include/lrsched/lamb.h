@@ -8,10 +8,12 @@
 //   per tensor: ratio = ||w|| / ||u|| (1 if either is 0 or adapt is off), clamped to [trust_min, trust_max]
 //     p = w - lr ratio u
 //
-// r uses the fresh moments in the compute type (before they are rounded to the state dtype), as the
-// reference does; a second pass that rebuilds u recomputes the moments from the same old moments and
-// gradient, so it gets the same bits. Divisions by the bias corrections are multiplications by
-// reciprocals computed in double.
+// r is formed from the moments *as stored*: rounded to the state dtype S first (lamb_moments_stored; a
+// no-op for fp32/fp64 states), so the update applied is exactly the one whose norm gave the trust ratio,
+// and a pass that rebuilds u (from the same old moments and gradient, or from the stored new moments)
+// gets the same bits. The Triton kernels and the "reference" backend do the same; AdamW instead keeps
+// torch's meaning (its update uses the fresh moments). Divisions by the bias corrections are
+// multiplications by reciprocals computed in double.
 #pragma once
 
 #include "config.h"
@@ -67,7 +69,16 @@ LRS_HD void lamb_moments(T g, T& m, T& v, const LambCoeffs<T>& c) {
   v = c.beta2 * v + c.omb2 * g * g;
 }
 
-/// The bias-corrected Adam direction r from the (stored) moments.
+/// The moment update followed by the rounding to the state type ``S``: ``m`` and ``v`` become the values a
+/// later load of the stored moments gives, from which r is formed (every LAMB path calls this).
+template <class S, class T>
+LRS_HD void lamb_moments_stored(T g, T& m, T& v, const LambCoeffs<T>& c) {
+  lamb_moments(g, m, v, c);
+  m = round_trip<S>(m);
+  v = round_trip<S>(v);
+}
+
+/// The bias-corrected Adam direction r from the stored moments (see lamb_moments_stored).
 template <class T>
 LRS_HD T lamb_direction(T m, T v, const LambCoeffs<T>& c) {
   return (m * c.inv_bc1) / (sqrt_rn(v) * c.inv_bc2_sqrt + c.eps);
