@@ -90,6 +90,15 @@ class TensorBatch:
     def __len__(self) -> int:
         return len(self.params)
 
+    def slice(self, lo: int, hi: int) -> "TensorBatch":
+        """Tensors ``lo:hi`` as a batch of their own, sharing storage: its ``steps`` and ``group_index``
+        are views, so updating the slice and then advancing the whole batch's ``steps`` is the same as
+        updating the whole batch (a subset update, e.g. for gradients that become ready early)."""
+        part = (lambda lst: None if lst is None else lst[lo:hi])
+        return TensorBatch(self.params[lo:hi], self.grads[lo:hi], self.exp_avgs[lo:hi], self.exp_avg_sqs[lo:hi],
+                           part(self.max_exp_avg_sqs), part(self.master_params), self.group_index[lo:hi],
+                           self.steps[lo:hi])
+
     def pointer_lists(self) -> list[list[torch.Tensor] | None]:
         """The tensor lists in pointer-table row order (``layout.PTR_PARAM`` .. ``PTR_MASTER``)."""
         lists: list[list[torch.Tensor] | None] = [None] * L.PTR_NUMEL
