@@ -7,11 +7,11 @@ the per-step plan validation replaced by the cached answer (what the step would 
 free; a prototype, not a supported mode), and ``torch.optim.AdamW(fused=True)``.
 
 Part 2 times each host-side piece of one step in isolation (``timeit``, best of 5): the plan validation
-``FusedOptimizer._reusable_grads`` and its passes over the tensors, the group tables, the backend's
-refresh of the gradient pointers, and ``advance``.
+(``lrsched_fused.optim.plan.reusable_grads``) and its passes over the tensors, reading and committing the
+group tables (``optim.tables``), the backend's refresh of the gradient pointers, and ``advance``.
 
-It reads private attributes of the optimizer (``_plan``, ``_tables``, ...) on purpose: it is a
-measuring tool for the developers of ``lrsched_fused/optim/_base.py`` and ``backends/cpu.py``.
+It reads private attributes of the optimizer (``_plan``, ``_tables``, ``_clock``) on purpose: it is a
+measuring tool for the developers of ``lrsched_fused/optim/`` and ``backends/cpu.py``.
 """
 
 from __future__ import annotations
@@ -38,11 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tensors", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--timeit-number", type=int, default=200, help="calls per timeit repeat in part 2")
     args = ap.parse_args(argv)
 
     from lrsched_fused import FusedAdamW
-    from lrsched_fused.backends import StepContext
     from lrsched_fused.backends import cpu as cpu_backend
+    from lrsched_fused.optim import plan as plan_module
+    from lrsched_fused.optim.tables import read_groups
 
     torch.set_num_threads(args.threads)
     case = Case(args.params, args.tensors, "fp32", args.threads)
@@ -56,21 +58,29 @@ def main(argv: list[str] | None = None) -> None:
     fast = FusedAdamW(fast_params, lr=_schedule(), betas=BETAS, eps=EPS["adamw"], weight_decay=WEIGHT_DECAY,
                       backend="cpu")
     fast.step()
-    cached = fast._reusable_grads(fast._plan)
-    fast._reusable_grads = lambda plan: cached  # prototype: validation for free
+    cached = plan_module.reusable_grads(fast._plan, fast.param_groups, fast.state, read_groups(fast.param_groups,
+                                                                                                 fast.hyperparams))
+    real_reusable = plan_module.reusable_grads
+
+    def fast_step() -> None:  # prototype: validation for free
+        plan_module.reusable_grads = lambda *args: cached
+        try:
+            fast.step()
+        finally:
+            plan_module.reusable_grads = real_reusable
     torch_params = inputs.clone_params()
     ref = torch.optim.AdamW(torch_params, lr=LR, betas=BETAS, eps=EPS["adamw"], weight_decay=WEIGHT_DECAY, fused=True)
 
     plan = ours._plan
     bucket = plan.buckets[0]
-    ctx = StepContext(ours._tables, ours._hparams, ours._clock, None, None)
+    ctx = ours._tables.tables.context(ours._clock)
     tabs = bucket.batch.cache["cpu"]
 
     def kernel() -> None:
         cpu_backend._ext.adamw(tabs.addr, tabs.n, tabs.pdtype, tabs.sdtype, tabs.has_max, tabs.has_master,
                                cpu_backend._ctx_addrs(ctx, bucket.batch), False, args.threads)
 
-    times = interleaved({"step()": ours.step, "C++ call only": kernel, "step(), validation free": fast.step,
+    times = interleaved({"step()": ours.step, "C++ call only": kernel, "step(), validation free": fast_step,
                          "torch AdamW fused": ref.step}, repeats=args.repeats, warmup=3)
     print(f"{case.title()}: medians (p20-p80) over {args.repeats} interleaved rounds")
     med = {}
@@ -82,12 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  step() / torch fused       {med['step()'] / med['torch AdamW fused']:9.3f}")
     print(f"  validation-free / torch    {med['step(), validation free'] / med['torch AdamW fused']:9.3f}")
 
-    n = 200
+    n = args.timeit_number
     groups = ours.param_groups
+    configs = read_groups(groups, ours.hyperparams)
     flat = [p for g in groups for p in g["params"]]
     state = ours.state
     pieces = {
-        "_reusable_grads (plan validation), total": lambda: ours._reusable_grads(plan),
+        "reusable_grads (plan validation), total": lambda: plan_module.reusable_grads(plan, groups, state, configs),
         "  params list + identity vs plan": lambda: all(map(is_, [p for g in groups for p in g["params"]],
                                                              plan.all_params)),
         "  p.grad of each + None pattern": lambda: list(map((lambda g: g is not None),
@@ -97,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         f"  state entries identity ({len(plan.state_values)} values)": lambda: all(map(
             is_, list(chain.from_iterable(map(dict.values, plan.states))), plan.state_values)),
         "  is_contiguous of each grad": lambda: all(map(torch.Tensor.is_contiguous, [p.grad for p in flat])),
-        "_group_rows + _tables_for": lambda: (ours._group_rows(), ours._tables_for(plan.device)),
+        "read_groups + TablesCache.commit": lambda: ours._tables.commit(read_groups(groups, ours.hyperparams),
+                                                                        groups, plan.device),
         "CpuBackend: refresh_grads (grad data_ptrs)": lambda: tabs.refresh_grads(bucket.batch.grads),
         "CpuBackend: _ctx_addrs": lambda: cpu_backend._ctx_addrs(ctx, bucket.batch),
         "advance (clock, lr telemetry)": lambda: bucket.backend.advance(ctx, plan.steps, ours._lr_out, None),

@@ -257,3 +257,16 @@ def test_targets_met_and_not_met():
 
 def test_targets_not_measured_without_rows():
     assert all(c.met is None for c in check_targets([]))
+
+
+@pytest.mark.cpu_ext
+@pytest.mark.skipif(not have_backend("cpu"), reason="the C++ extension is not built")
+def test_overhead_diagnostic_reads_the_current_plan_and_tables(capsys):
+    """bench.overhead reaches into the optimizer's plan and tables on purpose; this keeps it from rotting."""
+    from bench import overhead
+
+    overhead.main(["--params", "20K", "--tensors", "10", "--threads", "1", "--repeats", "2", "--timeit-number", "1"])
+    out = capsys.readouterr().out
+    for piece in ("host cost of step()", "reusable_grads (plan validation), total", "read_groups + TablesCache.commit",
+                  "CpuBackend: refresh_grads"):
+        assert piece in out, piece
