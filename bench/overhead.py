@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from lrsched_fused import FusedAdamW
     from lrsched_fused.backends import cpu as cpu_backend
-    from lrsched_fused.optim import plan as plan_module
+    from lrsched_fused.optim import base as base_module, plan as plan_module
     from lrsched_fused.optim.tables import read_groups
 
     torch.set_num_threads(args.threads)
@@ -60,14 +60,14 @@ def main(argv: list[str] | None = None) -> None:
     fast.step()
     cached = plan_module.reusable_grads(fast._plan, fast.param_groups, fast.state, read_groups(fast.param_groups,
                                                                                                  fast.hyperparams))
-    real_reusable = plan_module.reusable_grads
+    real_reusable = base_module.reusable_grads  # the name the step calls
 
     def fast_step() -> None:  # prototype: validation for free
-        plan_module.reusable_grads = lambda *args: cached
+        base_module.reusable_grads = lambda *args: cached
         try:
             fast.step()
         finally:
-            plan_module.reusable_grads = real_reusable
+            base_module.reusable_grads = real_reusable
     torch_params = inputs.clone_params()
     ref = torch.optim.AdamW(torch_params, lr=LR, betas=BETAS, eps=EPS["adamw"], weight_decay=WEIGHT_DECAY, fused=True)
 
