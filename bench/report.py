@@ -60,12 +60,13 @@ def case_rows(case: Case, impls: list[Impl], runners: dict[str, Runner], stats: 
     return rows
 
 
-def append_csv(path: Path, rows: Iterable[dict]) -> None:
+def append_csv(path: Path, rows: Iterable[dict], columns: Iterable[str] = COLUMNS) -> None:
     """Append ``rows`` to ``path`` (header written when the file is new or empty)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
         if new:
             writer.writeheader()
         writer.writerows(rows)

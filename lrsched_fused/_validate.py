@@ -12,7 +12,7 @@ from typing import Any
 
 from lrsched_fused.schedules import Schedule
 
-__all__ = ["check_lr", "check_betas", "check_eps", "check_weight_decay", "check_bool", "check_trust_clip",
+__all__ = ["check_nonnegative", "check_lr", "check_betas", "check_eps", "check_weight_decay", "check_bool", "check_trust_clip",
            "check_positive_or_none", "check_lr_scale", "check_count", "as_schedule", "MAX_CLOCK"]
 
 #: Largest clock value (steps or tokens) the int64 device clock holds with headroom (as the schedules).
@@ -58,13 +58,18 @@ def check_lr(value: Any, name: str = "lr") -> float | Schedule:
     return lr
 
 
+def check_nonnegative(value: Any, name: str) -> float:
+    """A finite float ``>= 0``."""
+    allowed = "a finite float >= 0"
+    x = _real(name, value, allowed)
+    if not (math.isfinite(x) and x >= 0.0):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+    return x
+
+
 def check_lr_scale(value: Any, name: str = "lr_scale") -> float:
     """A finite float ``>= 0`` multiplying the group's lr (or schedule)."""
-    allowed = "a finite float >= 0"
-    scale = _real(name, value, allowed)
-    if not (math.isfinite(scale) and scale >= 0.0):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
-    return scale
+    return check_nonnegative(value, name)
 
 
 def check_betas(value: Any, name: str = "betas") -> tuple[float, float]:
@@ -91,11 +96,7 @@ def check_eps(value: Any, name: str = "eps") -> float:
 
 def check_weight_decay(value: Any, name: str = "weight_decay") -> float:
     """A finite float ``>= 0``."""
-    allowed = "a finite float >= 0"
-    wd = _real(name, value, allowed)
-    if not (math.isfinite(wd) and wd >= 0.0):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
-    return wd
+    return check_nonnegative(value, name)
 
 
 def check_bool(value: Any, name: str) -> bool:

@@ -10,7 +10,6 @@ of ``torch.optim.AdamW(fused=True)`` in the same op (< 1: faster than torch; the
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 from pathlib import Path
@@ -137,14 +136,9 @@ def csv_rows(info: dict, rows: list[dict]) -> list[dict]:
 
 def append_csv(path: Path, rows: list[dict]) -> None:
     """Append ``rows`` (from :func:`csv_rows`) to ``path``; the header only when the file is new or empty."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    from ..report import append_csv as append_rows
+
+    append_rows(Path(path), rows, columns=CSV_COLUMNS)
 
 
 def write_outputs(out_dir: Path, info: dict, checks: list[dict], rows: list[dict], text: str) -> list[Path]:

@@ -27,6 +27,16 @@ __all__ = ["AdamWHyper", "LambHyper", "GroupConfig", "normalize_group", "read_gr
 UNIT_SCHEDULE = constant(1.0)
 
 
+def _base_row(lr_factor: float, betas: tuple[float, float], eps: float, weight_decay: float) -> list[float]:
+    """A row with the columns every algorithm has; the rest 0."""
+    row = [0.0] * L.HP_COLS
+    row[L.HP_LR_SCALE] = lr_factor
+    row[L.HP_BETA1], row[L.HP_BETA2] = betas
+    row[L.HP_EPS] = eps
+    row[L.HP_WEIGHT_DECAY] = weight_decay
+    return row
+
+
 def _from_group(cls, group: Mapping[str, Any]):
     names = [f.name for f in fields(cls)]
     missing = [n for n in names if n not in group]
@@ -67,11 +77,7 @@ class AdamWHyper:
 
     def row(self, lr_factor: float) -> list[float]:
         """The group's row of the hyperparameter table."""
-        row = [0.0] * L.HP_COLS
-        row[L.HP_LR_SCALE] = lr_factor
-        row[L.HP_BETA1], row[L.HP_BETA2] = self.betas
-        row[L.HP_EPS] = self.eps
-        row[L.HP_WEIGHT_DECAY] = self.weight_decay
+        row = _base_row(lr_factor, self.betas, self.eps, self.weight_decay)
         row[L.HP_MAXIMIZE] = 1.0 if self.maximize else 0.0
         row[L.HP_BIAS_CORRECTION] = row[L.HP_GRAD_AVERAGING] = row[L.HP_ADAPT] = 1.0
         row[L.HP_TRUST_MAX] = math.inf
@@ -108,11 +114,7 @@ class LambHyper:
         return _from_group(cls, group)
 
     def row(self, lr_factor: float) -> list[float]:
-        row = [0.0] * L.HP_COLS
-        row[L.HP_LR_SCALE] = lr_factor
-        row[L.HP_BETA1], row[L.HP_BETA2] = self.betas
-        row[L.HP_EPS] = self.eps
-        row[L.HP_WEIGHT_DECAY] = self.weight_decay
+        row = _base_row(lr_factor, self.betas, self.eps, self.weight_decay)
         row[L.HP_BIAS_CORRECTION] = float(self.bias_correction)
         row[L.HP_GRAD_AVERAGING] = float(self.grad_averaging)
         row[L.HP_ADAPT] = float(self.adapt)

@@ -25,7 +25,7 @@ import torch
 
 from lrsched_fused.backends import Backend, select_backend
 from lrsched_fused.checkpoint import describe_param
-from lrsched_fused.functional import (GroupConfig, TensorBatch, check_state, init_state, is_dtensor, local, make_batch,
+from lrsched_fused.functional import (SUPPORTED_DTYPES, GroupConfig, TensorBatch, check_state, init_state, is_dtensor, local, make_batch,
                                       state_dtype_for, wants_master)
 
 from ._distributed import make_shard_allreduce
@@ -178,7 +178,7 @@ def check_new_plan(entries: list[tuple[int, torch.Tensor]], groups: Sequence[Map
     buckets: dict[BucketKey, list[tuple[int, torch.Tensor]]] = defaultdict(list)
     for gi, p in entries:
         here = where(groups, gi, p)
-        if p.is_complex() or p.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        if p.is_complex() or p.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"{here}: parameters must be float32, bfloat16, float16 or float64")
         if not local(p).is_contiguous():
             raise ValueError(f"{here} is not contiguous (strides {local(p).stride()}); the fused kernels update flat "
