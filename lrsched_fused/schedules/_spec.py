@@ -128,6 +128,25 @@ class Schedule:
             out.append(Phase("constant", at - start, self.final_value))
         return tuple(out)
 
+    def branch(self, at_step: int, decay_steps: int, shape: str = "linear",
+               final_lr: float | None = None) -> "Schedule":
+        """The schedule of a decay branch started from a checkpoint at ``at_step`` (WSD branching: Hu et
+        al., MiniCPM, arXiv 2404.06395): this schedule's values for ``t < at_step``, then a decay of
+        ``decay_steps`` updates of ``shape`` (a WSD decay shape: linear, cosine, 1-sqrt, square, exp) from
+        ``self(at_step)`` to ``final_lr`` (default: this schedule's ``final_value``), held afterwards.
+
+        ``at_step`` may lie anywhere (stable phase, warmup, inside the original decay, past the end); the
+        branch may not rise (``final_lr <= self(at_step)``). The branch of ``wsd(...)`` at its decay start
+        with its decay equals it; ``wsd(total_steps=T).branch(a, d, s)`` equals ``wsd(total_steps=a + d,
+        decay_steps=d, decay=s)`` for ``a`` in the stable phase. See :mod:`._branch`.
+        """
+        from ._branch import branch_phases
+
+        phases, final = branch_phases(self, at_step, decay_steps, shape, final_lr)
+        args = {"schedule": self, "at_step": at_step, "decay_steps": decay_steps, "shape": shape,
+                "final_lr": final_lr}
+        return Schedule(phases, final_value=final, unit=self.unit, name="branch", args=args)
+
     def scaled(self, factor: float) -> "Schedule":
         """Every value multiplied by ``factor`` (``factor >= 0``)."""
         factor = _check_finite("factor", factor)
