@@ -13,6 +13,7 @@ from ._adapter import LRScheduler
 from ._constructors import DECAY_SHAPES, constant, cosine, infinite, linear, power, rewarm, rex, wsd
 from ._evaluate import evaluate, evaluators, register_evaluator
 from ._parse import parse_schedule as _parse_schedule
+from ._refine import refine
 from ._spec import FORMAT_VERSION, SHAPES, Phase, Schedule, chain, tabulated
 from ._tables import ScheduleTables, encode_tables
 
@@ -33,5 +34,5 @@ def from_dict(data) -> Schedule:
 
 __all__ = ["Phase", "Schedule", "SHAPES", "DECAY_SHAPES", "FORMAT_VERSION", "constant", "linear", "cosine", "wsd",
            "rex", "power", "infinite", "rewarm", "chain", "tabulated", "evaluate", "register_evaluator", "evaluators",
-           "LRScheduler", "parse",
+           "LRScheduler", "parse", "refine",
            "from_dict", "ScheduleTables", "encode_tables", "CONSTRUCTORS"]
