@@ -168,7 +168,7 @@ def lamb_stage1_kernel(ptr_table, numels_ptr, work_ptr, group_index_ptr, steps_p
                                  store_limit, acc_w, acc_u, scale, clip, b1, beta3, b2, one_minus_b2, bc1,
                                  sqrt_bc2, eps, w_factor, wd_in_u, P_DT, S_DT, F64, MASTER, HAS_SCALE, HAS_CLIP,
                                  True)
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # 2 * pid overflows int32 from 2**30 programs on
     tl.store(partials_ptr + 2 * pid, tl.sum(acc_w, axis=0).to(tl.float32))
     tl.store(partials_ptr + 2 * pid + 1, tl.sum(acc_u, axis=0).to(tl.float32))
 
@@ -187,7 +187,7 @@ def lamb_reduce_kernel(partials_ptr, first_work_ptr, chunks_ptr, sums_ptr, n_ten
     for k in range(0, n_iters):
         j = k * CB + tl.arange(0, CB)
         mask = live[:, None] & (j[None, :] < count[:, None])
-        row = first[:, None] + j[None, :]
+        row = first[:, None].to(tl.int64) + j[None, :]
         acc_w += tl.sum(tl.load(partials_ptr + 2 * row, mask=mask, other=0.0).to(tl.float64), axis=1)
         acc_u += tl.sum(tl.load(partials_ptr + 2 * row + 1, mask=mask, other=0.0).to(tl.float64), axis=1)
     tl.store(sums_ptr + 2 * tid, acc_w.to(tl.float32), mask=live)

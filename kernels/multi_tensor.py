@@ -89,7 +89,11 @@ class MultiTensorTable:
         ptrs = [g.data_ptr() for g in grads]
         if ptrs == self.grad_ptrs:
             return
-        self.ptrs[L.PTR_GRAD].copy_(torch.tensor(ptrs, dtype=torch.int64), non_blocking=True)
+        host = torch.tensor(ptrs, dtype=torch.int64)
+        if self.ptrs.is_cuda:  # pinned: a stream-ordered copy with no host sync (and one a CUDA graph can capture);
+            host = host.pin_memory()  # kept alive until the next refresh, after the copy has run
+            self.scratch["grad_ptrs_host"] = host
+        self.ptrs[L.PTR_GRAD].copy_(host, non_blocking=True)
         self.grad_ptrs = ptrs
         self.aligned_grads = _aligned(ptrs)
 
@@ -159,7 +163,7 @@ def list_ptr(ptr_table, ROW: tl.constexpr, n_tensors, i, DT: tl.constexpr, ALIGN
 @device_jit
 def work_item(work_ptr):
     """This program's ``(tensor, chunk)``."""
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # 2 * pid overflows int32 from 2**30 programs on
     return tl.load(work_ptr + 2 * pid), tl.load(work_ptr + 2 * pid + 1)
 
 

@@ -10,10 +10,25 @@ import math
 import numbers
 from typing import Any
 
+import torch
+
 from lrsched_fused.schedules import Schedule
 
 __all__ = ["check_nonnegative", "check_lr", "check_betas", "check_eps", "check_weight_decay", "check_bool", "check_trust_clip",
            "check_positive_or_none", "check_lr_scale", "check_count", "as_schedule", "MAX_CLOCK"]
+
+#: torch.optim's words for a bad value of these arguments: our messages (same type: ValueError) say the
+#: allowed range, then end with torch's words, so that code matching torch's message matches ours
+TORCH_WORDING = {"lr": "Invalid learning rate", "eps": "Invalid epsilon value",
+                 "weight_decay": "Invalid weight_decay value", "betas[0]": "Invalid beta parameter at index 0",
+                 "betas[1]": "Invalid beta parameter at index 1"}
+
+
+def _invalid(name: str, value: Any, allowed: str) -> ValueError:
+    torch_words = TORCH_WORDING.get(name)
+    suffix = f" ({torch_words}: {value!r})" if torch_words else ""
+    return ValueError(f"{name} must be {allowed}; got {value!r}{suffix}")
+
 
 #: Largest clock value (steps or tokens) the int64 device clock holds with headroom (as the schedules).
 MAX_CLOCK = 2**62
@@ -26,10 +41,10 @@ def _real(name: str, value: Any, allowed: str) -> float:
                          "hyperparameters on the device itself; pass a schedule from lrsched_fused.schedules to "
                          f"vary the lr); got a {type(value).__name__}")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+        raise _invalid(name, value, allowed)
     value = float(value)
     if math.isnan(value):
-        raise ValueError(f"{name} must be {allowed}; got nan")
+        raise _invalid(name, value, allowed)
     return value
 
 
@@ -46,15 +61,24 @@ def as_schedule(value: Any) -> Schedule | None:
     return None
 
 
-def check_lr(value: Any, name: str = "lr") -> float | Schedule:
-    """A finite float ``>= 0`` or a :class:`Schedule` (or its dict form)."""
+def check_lr(value: Any, name: str = "lr") -> float | Schedule | torch.Tensor:
+    """A finite float ``>= 0``, a :class:`Schedule` (or its dict form), or a one-element floating-point
+    tensor (as torch's fused AdamW accepts: the kernels read it on the device each step, so its value is
+    not checked here: that would be a host read)."""
     sched = as_schedule(value)
     if sched is not None:
         return sched
-    allowed = "a finite float >= 0 or a schedule from lrsched_fused.schedules"
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} as a tensor must hold one value (as torch's fused AdamW); got shape "
+                             f"{tuple(value.shape)} (Tensor lr must be 1-element)")
+        if not value.is_floating_point():
+            raise ValueError(f"{name} as a tensor must be floating point; got {value.dtype}")
+        return value.detach()
+    allowed = "a finite float >= 0, a one-element tensor or a schedule from lrsched_fused.schedules"
     lr = _real(name, value, allowed)
     if not (math.isfinite(lr) and lr >= 0.0):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+        raise _invalid(name, value, allowed)
     return lr
 
 
@@ -63,7 +87,7 @@ def check_nonnegative(value: Any, name: str) -> float:
     allowed = "a finite float >= 0"
     x = _real(name, value, allowed)
     if not (math.isfinite(x) and x >= 0.0):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+        raise _invalid(name, value, allowed)
     return x
 
 
@@ -80,7 +104,7 @@ def check_betas(value: Any, name: str = "betas") -> tuple[float, float]:
     for i, b in enumerate(value):
         beta = _real(f"{name}[{i}]", b, "a float in [0, 1)")
         if not 0.0 <= beta < 1.0:
-            raise ValueError(f"{name}[{i}] must be a float in [0, 1); got {b!r}")
+            raise _invalid(f"{name}[{i}]", b, "a float in [0, 1)")
         out.append(beta)
     return (out[0], out[1])
 
@@ -90,7 +114,7 @@ def check_eps(value: Any, name: str = "eps") -> float:
     allowed = "a finite float > 0"
     eps = _real(name, value, allowed)
     if not (math.isfinite(eps) and eps > 0.0):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+        raise _invalid(name, value, allowed)
     return eps
 
 

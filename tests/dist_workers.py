@@ -408,6 +408,60 @@ def mixed_worker(rank: int, world: int, workdir: str, backends: list[str]) -> di
     return out
 
 
+# -- tensor parallel: Partial gradients of Replicate parameters ------------------------------------------
+PARTIAL_SHAPES = {"w": (4, 3), "b": (5,)}
+
+
+def partial_tensors(seed: int = 11) -> tuple[dict[str, torch.Tensor], list[list[dict[str, torch.Tensor]]]]:
+    """Params and, per step, one gradient contribution per rank (``WORLD`` of them), identical in every process."""
+    g = torch.Generator().manual_seed(seed)
+    params = {n: torch.randn(*s, generator=g) for n, s in PARTIAL_SHAPES.items()}
+    grads = [[{n: 0.1 * torch.randn(*s, generator=g) for n, s in PARTIAL_SHAPES.items()} for _ in range(WORLD)]
+             for _ in range(STEPS)]
+    return params, grads
+
+
+def partial_single(kind: str, backend: str) -> dict:
+    """The reference: plain tensors whose gradient is the sum of the ranks' contributions."""
+    params, grads = partial_tensors()
+    ps = {n: torch.nn.Parameter(t.clone()) for n, t in params.items()}
+    opt = (FusedLAMB if kind == "lamb" else FusedAdamW)(list(ps.values()), lr=1e-2, backend=backend)
+    for step in grads:
+        for n, p in ps.items():
+            p.grad = sum(contrib[n] for contrib in step)
+        opt.step()
+    return {n: p.detach().clone() for n, p in ps.items()}
+
+
+def partial_worker(rank: int, world: int, workdir: str, cases: list[tuple[str, str]]) -> dict:
+    """Replicate DTensor parameters whose gradients are ``Partial`` (tensor parallelism: e.g. the bias of a
+    row-parallel linear layer): the optimizer must use the reduced gradient, as torch's AdamW does through
+    DTensor's dispatch, not this rank's partial sum."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial, Replicate, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+
+    def body(kind: str, backend: str) -> dict:
+        params, grads = partial_tensors()
+        ps = {n: torch.nn.Parameter(distribute_tensor(t.clone(), mesh, [Replicate()])) for n, t in params.items()}
+        opt = (FusedLAMB if kind == "lamb" else FusedAdamW)(list(ps.values()), lr=1e-2, backend=backend)
+        for step in grads:
+            for n, p in ps.items():
+                p.grad = DTensor.from_local(step[rank][n].clone(), mesh, [Partial()], run_check=False)
+            opt.step()
+        return {"params": {n: p.to_local().detach().clone() for n, p in ps.items()}}
+
+    out = {}
+    for backend, kind in cases:
+        try:
+            out[(backend, kind)] = body(kind, backend)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            out[(backend, kind)] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        dist.barrier()
+    return out
+
+
 # -- torch.distributed.checkpoint ----------------------------------------------------------------------
 def _fsdp_net(mesh, seed: int) -> Net:
     from torch.distributed.fsdp import fully_shard
@@ -452,16 +506,21 @@ def checkpoint_worker(rank: int, world: int, workdir: str, cases: list[tuple[str
         dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=ckpt)
         set_state_dict(model, opt, model_state_dict=model_sd, optim_state_dict=optim_sd)
         loaded_clock = opt.clock.clone()
+        # the optimizer's state must not alias the checkpoint's tensors (a later in-place load would write it)
+        ckpt_ptrs = {_local(t).data_ptr() for st in optim_sd["state"].values() for t in st.values()
+                     if isinstance(t, torch.Tensor) and _local(t).numel()}
+        aliased = sorted(f"{i}.{key}" for i, st in enumerate(opt.state.values()) for key, t in st.items()
+                         if isinstance(t, torch.Tensor) and _local(t).numel() and _local(t).data_ptr() in ckpt_ptrs)
         train(model, opt, scenario, range(k, STEPS), **kw)
         resumed = {"params": full_params(model), "state": full_state(model, opt), "clock": opt.clock.clone()}
         return {"straight": straight, "resumed": resumed, "saved_clock": saved_clock, "loaded_clock": loaded_clock,
-                "clock_after_dcp_init": clock_after_dcp_init, "checkpoint": ckpt}
+                "clock_after_dcp_init": clock_after_dcp_init, "checkpoint": ckpt, "aliased": aliased}
 
     return run_scenarios(cases, body)
 
 
 WORKERS = {"fsdp": fsdp_worker, "ddp": ddp_worker, "hsdp": hsdp_worker, "mixed": mixed_worker,
-           "checkpoint": checkpoint_worker}
+           "checkpoint": checkpoint_worker, "partial": partial_worker}
 
 
 def all_worker(rank: int, world: int, workdir: str, plan: dict[str, tuple]) -> dict:

@@ -176,6 +176,24 @@ def test_front_end_rebuilds_and_changed_schedules_make_no_host_sync(recording):
     assert opt.clock.tolist() == [6, 0]
 
 
+def test_front_end_tensor_lr_and_storage_checks_make_no_host_sync(recording):
+    """A tensor lr (filled by a torch scheduler), a clock state entry per parameter, and state storage
+    swapped under the same object (a new plan) stay sync-free (issue 13)."""
+    model = _mixed_model()
+    opt = FusedAdamW(model.parameters(), lr=torch.tensor(1e-3), backend="reference")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
+    for step in range(5):
+        _backward(model, step)
+        if step == 3:
+            w = model[0].weight
+            opt.state[w]["exp_avg"].data = torch.zeros_like(w)
+        with no_host_sync():
+            opt.step()
+        sched.step()
+    assert opt.clock.tolist() == [5, 0]
+    assert all(st["clock"] is opt.clock for st in opt.state.values())
+
+
 FAST = [b for b in backends_on_cpu() if b != "reference"]
 
 

@@ -72,7 +72,13 @@ FIXED = {
     "rewarm": S.rewarm(S.cosine(1e-3, 1000, 100), 1200, 50, 5e-4, 3000),
     "tabulated": S.tabulated([0, 10, 100, 2**40], [0.0, 1e-3, 5e-4, 1e-6]),
     "constant": S.constant(1e-3),
+    # the kernels evaluate in float32 from an exact int64 offset: deep into long runs (issue 13)
+    "cosine-2e9-steps": S.cosine(1e-3, 2 * 10**9, 10**6, final_lr=1e-5),
+    "wsd-1-sqrt-2e9-steps": S.wsd(1e-3, 2 * 10**9, 10**6, decay_fraction=0.6, decay="1-sqrt"),
+    "power-2e13-tokens": S.power(0.02, 4.6, -0.51, 2 * 10**13, 10**10, decay_fraction=0.2, final_lr=1e-5),
 }
+#: clocks deep into a run: 1e9 steps and 1e13 tokens, and their neighbours
+DEEP = {c + d for c in (10**9, 10**13) for d in (-12345, -1, 0, 1, 12345)}
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -81,5 +87,5 @@ def test_evaluators_agree_on_named_schedules(name, backend):
     _skip_unless_available(backend)
     sched = FIXED[name]
     steps = sorted({max(0, e + d) for e in sched.edges for d in (-1, 0, 1)}
-                   | {int(sched.total * k / 63) for k in range(64)} | {2**40, 2**40 + 1})
+                   | {int(sched.total * k / 63) for k in range(64)} | {2**40, 2**40 + 1} | DEEP)
     assert_parity(sched, steps, backend)

@@ -40,6 +40,8 @@ __all__ = ["parse_args", "plan_text", "main", "REPO", "DEFAULT_CSV"]
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CSV = REPO / "bench" / "out" / "gpu_check.csv"
 BACKENDS = ("triton", "cuda", "cpu")
+#: the pytest selection of the tests that need a GPU (``@pytest.mark.gpu``; skipped on machines without one)
+GPU_ONLY_TESTS = "-m gpu tests/"
 #: seconds kept for the timings when pytest would eat into them
 TIMING_RESERVE_S = 75
 #: device copy bandwidth the plan assumes (H200, measured: ~4.3 TB/s read + written)
@@ -133,7 +135,7 @@ def plan_text(args: argparse.Namespace) -> str:
         f" 3. FusedAdamW(<backend>) vs torch.optim.AdamW(fused={not dry}), 20 steps",
         " 4. CUDA graphs (triton): 36 replays == 36 eager steps across WSD edges; no recompilation"
         + (" (skipped on CPU)" if dry else ""),
-        f" 5. pytest tests/test_triton_backend.py: {pytest}",
+        f" 5. pytest {GPU_ONLY_TESTS}, then tests/test_triton_backend.py: {pytest}",
         f" 6. timings, {iters} steps each, on {n:,} params in {len(shapes)} tensors (device memory "
         f"~{16 * n / 2**30:.1f} GiB at 16 B/param):",
         table,
@@ -224,8 +226,11 @@ def run_sections(rec: Record, device, args: argparse.Namespace, deadline: float)
     reserve = TIMING_RESERVE_S if not args.dry_run else 0
     if args.pytest == "yes" or (args.pytest == "auto" and not args.dry_run):
         with rec.section("pytest on the GPU"):
-            budget = deadline - time.time() - reserve
-            correctness.sec_pytest(rec, budget if args.pytest == "yes" or budget >= 90 else 0, REPO)
+            # first the tests that only a GPU can run (marked gpu: device moves, CUDA graphs, GPU scalars
+            # for a CPU optimizer, several GPUs), then the Triton backend's suite with the time left
+            for target in (GPU_ONLY_TESTS, "tests/test_triton_backend.py"):
+                budget = deadline - time.time() - reserve
+                correctness.sec_pytest(rec, budget if args.pytest == "yes" or budget >= 90 else 0, REPO, target)
     if hasattr(signal, "SIGALRM"):  # the timings get at least their reserve, then a minute of grace
         signal.alarm(int(max(deadline - time.time(), reserve) + 60))
     with rec.section("timing"):

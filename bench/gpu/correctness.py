@@ -234,7 +234,7 @@ def sec_pytest(rec: Record, budget_s: float, repo: Path, target: str = "tests/te
     if budget_s < 30:
         rec.log(f"  skipped: {budget_s:.0f}s left for it")
         return
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", target]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *target.split()]
     rec.log(f"  {' '.join(cmd)} (timeout {budget_s:.0f}s)")
     try:
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=budget_s)

@@ -44,6 +44,8 @@ param rounded to nearest even.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -53,7 +55,29 @@ from lrsched_fused.kernels import layout as L
 from lrsched_fused.kernels.layout import dtype_code
 from lrsched_fused.schedules import ScheduleTables
 
-__all__ = ["TensorBatch", "StepContext", "Backend", "BackendUnavailable", "dtype_code"]
+__all__ = ["TensorBatch", "StepContext", "Backend", "BackendUnavailable", "dtype_code", "launches_on", "batch_device"]
+
+
+def _on(device: torch.device):
+    """Launch context: a kernel launches on the current CUDA device, which must be the tensors' device (a
+    process may drive several GPUs; torch's current device need not be this batch's)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def launches_on(device_of: Callable[..., torch.device]):
+    """Run the decorated backend method with the current CUDA device set to ``device_of(*args)``."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            with _on(device_of(*args, **kwargs)):
+                return method(self, *args, **kwargs)
+        return wrapper
+    return decorate
+
+
+def batch_device(batch: "TensorBatch", *args, **kwargs) -> torch.device:
+    """The device of a backend method's first argument, a batch."""
+    return batch.params[0].device if len(batch) else torch.device("cpu")
 
 
 

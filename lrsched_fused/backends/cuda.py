@@ -19,7 +19,7 @@ import torch
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import ScheduleTables
 
-from ._api import BackendUnavailable, StepContext, TensorBatch
+from ._api import BackendUnavailable, StepContext, TensorBatch, batch_device, launches_on
 
 if not torch.cuda.is_available():
     raise BackendUnavailable("backend 'cuda' needs a CUDA device (torch.cuda.is_available() is False)")
@@ -121,12 +121,14 @@ class CudaBackend:
         if not _ext.supported(_code(param_dtype, "parameter"), _code(state_dtype, "state"), False):
             raise BackendUnavailable(_unsupported(param_dtype, state_dtype, False))
 
+    @launches_on(batch_device)
     def adamw(self, batch: TensorBatch, ctx: StepContext, *, amsgrad: bool) -> None:
         if len(batch) == 0:
             return
         tabs = self._tables(batch)
         _ext.adamw(tabs.tt, _ctx(ctx, batch), bool(amsgrad), _stream(tabs.device))
 
+    @launches_on(batch_device)
     def lamb(self, batch: TensorBatch, ctx: StepContext, *, norms_out: torch.Tensor,
              clip_div: torch.Tensor | None, allreduce: Callable[[torch.Tensor], None] | None) -> None:
         if len(batch) == 0:
@@ -144,6 +146,7 @@ class CudaBackend:
         allreduce(tabs.sums)
         _ext.lamb(*args, L.LAMB_STAGE2, _stream(tabs.device))
 
+    @launches_on(batch_device)
     def grad_sumsq(self, batch: TensorBatch, ctx: StepContext) -> torch.Tensor:
         out = torch.zeros((), dtype=torch.float32, device=batch.device)
         if len(batch) == 0:
@@ -152,11 +155,13 @@ class CudaBackend:
         _ext.grad_sumsq(tabs.tt, _opt(ctx.grad_scale), tabs.partials.data_ptr(), out.data_ptr(), _stream(tabs.device))
         return out
 
+    @launches_on(lambda ctx, *args, **kwargs: ctx.clock.device)
     def advance(self, ctx: StepContext, steps: torch.Tensor, lr_out: torch.Tensor,
                 tokens: torch.Tensor | None) -> None:
         _ext.advance(_ctx(ctx, None), steps.data_ptr(), steps.numel(), lr_out.data_ptr(),
                      _opt(None if tokens is None else tokens.contiguous()), _stream(steps.device))
 
+    @launches_on(lambda tables, t: tables.ints.device)
     def evaluate_schedule(self, tables: ScheduleTables, t: torch.Tensor) -> torch.Tensor:
         t = t.to(device=tables.ints.device, dtype=torch.int64).contiguous()
         first, rows = (int(x) for x in tables.group_sched[0, :2].tolist())

@@ -21,14 +21,12 @@ defaults use one large block per chunk, since the interpreter pays per program, 
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 from typing import Callable
 
 import torch
 
-from ._api import BackendUnavailable, StepContext, TensorBatch
+from ._api import BackendUnavailable, StepContext, TensorBatch, batch_device, launches_on
 
 try:
     import triton
@@ -62,26 +60,6 @@ def interpreting() -> bool:
     """Whether the kernels were defined under the Triton interpreter (``TRITON_INTERPRET=1`` was set when
     ``lrsched_fused.kernels`` was first imported)."""
     return _INTERPRETING
-
-
-def _on(device: torch.device):
-    """Launch context: Triton launches on the current CUDA device, which must be the tensors' device."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _launches_on(device_of: Callable[..., torch.device]):
-    """Run the decorated method with the current CUDA device set to ``device_of(*args)``."""
-    def decorate(method):
-        @functools.wraps(method)
-        def wrapper(self, *args, **kwargs):
-            with _on(device_of(*args, **kwargs)):
-                return method(self, *args, **kwargs)
-        return wrapper
-    return decorate
-
-
-def _batch_device(batch: TensorBatch, *args, **kwargs) -> torch.device:
-    return batch.params[0].device if len(batch) else torch.device("cpu")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -157,7 +135,7 @@ class TritonBackend:
                 ctx.hparams.contiguous(), ctx.clock)
 
     # -- AdamW -----------------------------------------------------------------------------------------
-    @_launches_on(_batch_device)
+    @launches_on(batch_device)
     def adamw(self, batch: TensorBatch, ctx: StepContext, *, amsgrad: bool) -> None:
         if len(batch) == 0:
             return
@@ -175,7 +153,7 @@ class TritonBackend:
             PHASE_BLOCK=_schedule.phase_block(ctx.sched.max_rows), num_warps=self.num_warps)
 
     # -- LAMB ------------------------------------------------------------------------------------------
-    @_launches_on(_batch_device)
+    @launches_on(batch_device)
     def lamb(self, batch: TensorBatch, ctx: StepContext, *, norms_out: torch.Tensor,
              clip_div: torch.Tensor | None, allreduce: Callable[[torch.Tensor], None] | None) -> None:
         n = len(batch)
@@ -211,7 +189,7 @@ class TritonBackend:
             norms_out.copy_(norms)
 
     # -- the rest --------------------------------------------------------------------------------------
-    @_launches_on(_batch_device)
+    @launches_on(batch_device)
     def grad_sumsq(self, batch: TensorBatch, ctx: StepContext) -> torch.Tensor:
         out = torch.zeros((), dtype=torch.float32, device=batch.device if len(batch) else ctx.clock.device)
         if len(batch) == 0:
@@ -226,7 +204,7 @@ class TritonBackend:
         _norms.sum_kernel[(1,)](partials, out, table.n_work, BLOCK=1024, num_warps=4)
         return out
 
-    @_launches_on(lambda ctx, *args, **kwargs: ctx.clock.device)
+    @launches_on(lambda ctx, *args, **kwargs: ctx.clock.device)
     def advance(self, ctx: StepContext, steps: torch.Tensor, lr_out: torch.Tensor,
                 tokens: torch.Tensor | None) -> None:
         n_groups = ctx.hparams.shape[0]
@@ -245,7 +223,7 @@ class TritonBackend:
             HAS_FOUND=ctx.found_inf is not None, HAS_TOKENS=tokens is not None,
             PHASE_BLOCK=_schedule.phase_block(ctx.sched.max_rows), BLOCK=1024, num_warps=4)
 
-    @_launches_on(lambda tables, t: t.device)
+    @launches_on(lambda tables, t: t.device)
     def evaluate_schedule(self, tables: ScheduleTables, t: torch.Tensor) -> torch.Tensor:
         t = t.reshape(-1).to(torch.int64).contiguous()
         out = torch.empty(t.numel(), dtype=torch.float32, device=t.device)

@@ -19,7 +19,7 @@ from lrsched_fused.functional.state import MOMENT_KEYS
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import Schedule
 
-from ._format import EXTRA_KEY, GROUP_CLOCK_KEY, STATE_FORMAT_VERSION, describe_param
+from ._format import EXTRA_KEY, GROUP_CLOCK_KEY, STATE_CLOCK_KEY, STATE_FORMAT_VERSION, describe_param
 
 __all__ = ["LoadedState", "prepare_load", "clock_values"]
 
@@ -89,7 +89,7 @@ def _state_tensor(value: Any, where: str, key: str, shape: torch.Size, device: t
         raise ValueError(f"state[{key!r}] of {where} has shape {tuple(local(value).shape)} but the parameter has "
                          f"shape {tuple(shape)}: the state does not fit the model")
     if is_dtensor(value):
-        return value.to(dtype=dtype)
+        return value.to(dtype=dtype, copy=True)  # a DTensor too: never alias the checkpoint's tensors
     return value.detach().to(device=device, dtype=dtype, copy=True).contiguous()
 
 
@@ -135,27 +135,85 @@ def clock_values(clock: Any, what: str) -> list[int]:
     return values
 
 
+#: float32 holds every whole number up to 2**24 exactly (a clock that went through a torch optimizer's load)
+_FLOAT32_EXACT = 2**24
+
+
+def _state_clock(value: Any, where: str) -> tuple[list[int], bool]:
+    """``state["clock"]`` of a checkpoint: ``[updates applied, tokens consumed]`` and whether it was stored as
+    floating point. Ours is int64; ``torch.optim.AdamW`` casts unknown state tensors to the parameter's
+    dtype when it loads our state dict, so a clock that went through it comes back as floats."""
+    if not isinstance(value, torch.Tensor) or value.numel() != L.NUM_CLOCKS or value.is_complex() \
+            or value.dtype == torch.bool:
+        raise ValueError(f"state[{STATE_CLOCK_KEY!r}] of {where} must be an int64 tensor of {L.NUM_CLOCKS} elements "
+                         f"(updates applied, tokens consumed); got {value!r}")
+    floating = value.is_floating_point()
+    raw = value.detach().reshape(-1).to("cpu", torch.float64 if floating else torch.int64).tolist()
+    if floating:
+        if not all(math.isfinite(v) and v == round(v) for v in raw):
+            raise ValueError(f"state[{STATE_CLOCK_KEY!r}] of {where} must hold whole numbers; got {raw}")
+        raw = [int(v) for v in raw]
+    for name, v in zip(("steps", "tokens"), raw):
+        check_count(v, f"state[{STATE_CLOCK_KEY!r}] of {where} ({name})")
+    return raw, floating
+
+
+def _clock_from_states(clocks: list[tuple[list[int], bool, str]], max_step: int) -> list[int] | None:
+    """The clock the loaded state entries agree on (``None`` if no entry has one)."""
+    if not clocks:
+        return None
+    values, floating, where = clocks[0]
+    for other, _, other_where in clocks[1:]:
+        if other != values:
+            raise ValueError(f"the loaded state entries disagree on the clock: {values} ({where}) and {other} "
+                             f"({other_where}); every entry is a copy of the optimizer's one clock")
+    if any(f for _, f, _ in clocks):
+        if max(values) > _FLOAT32_EXACT:
+            warnings.warn(f"the loaded clock {values} went through a float32 copy (a torch optimizer's load_state_dict "
+                          f"casts state tensors to the parameter's dtype), which is exact only up to 2**24: set the "
+                          "clock with opt.set_clock(...) if it must be exact", RuntimeWarning, stacklevel=5)
+        if max_step > values[L.CLOCK_STEPS]:  # a torch optimizer trained on after loading ours: its steps moved
+            warnings.warn(f"the state's clock ({values[L.CLOCK_STEPS]} updates) is behind the largest per-parameter "
+                          f"step ({max_step}): the state was trained on by another optimizer after it was written; "
+                          f"using {max_step}", RuntimeWarning, stacklevel=5)
+            values = [max_step, values[L.CLOCK_TOKENS]]
+    return values
+
+
 def _loaded_clock(extra: Mapping | None, saved_groups: Sequence, new_groups: Sequence[dict], max_step: int,
-                  device: torch.device) -> torch.Tensor:
-    """The clock to adopt: the top-level entry, else the groups' copies, else derived from the steps."""
-    values = None
+                  device: torch.device, state_clocks: list[tuple[list[int], bool, str]]) -> torch.Tensor:
+    """The clock to adopt: the state entries' (where every checkpoint path keeps it), else the top-level
+    entry, else the groups' copies, else derived from the steps. Every source given is validated."""
+    from_states = _clock_from_states(state_clocks, max_step)
+    top = None
     if extra is not None and "clock" in extra:
         clock = extra["clock"]
-        values = [0] * L.NUM_CLOCKS if clock is None else clock_values(clock, "the checkpoint's clock")
-    elif all(isinstance(g, Mapping) and GROUP_CLOCK_KEY in g for g in saved_groups) and saved_groups:
+        top = [0] * L.NUM_CLOCKS if clock is None else clock_values(clock, "the checkpoint's clock")
+    copies = None
+    if saved_groups and all(isinstance(g, Mapping) and GROUP_CLOCK_KEY in g for g in saved_groups):
         copies = [None if g[GROUP_CLOCK_KEY] is None else
                   clock_values(g[GROUP_CLOCK_KEY], f"loaded param_groups[{gi}]['{GROUP_CLOCK_KEY}']")
                   for gi, g in enumerate(saved_groups)]
         if any(c != copies[0] for c in copies):
             raise ValueError(f"the loaded param groups hold different clocks {copies}; they are copies of one clock")
+    if from_states is not None:
+        values = from_states
+    elif top is not None:
+        values = top
+    elif copies is not None:
         values = [0] * L.NUM_CLOCKS if copies[0] is None else copies[0]
         if max_step > values[L.CLOCK_STEPS]:
             warnings.warn(f"the param groups' clock ({values[L.CLOCK_STEPS]} updates) is behind the largest per-"
                           f"parameter step ({max_step}): the state was trained on by another optimizer after it "
                           f"was written; using {max_step}", RuntimeWarning, stacklevel=4)
             values = [max_step, values[L.CLOCK_TOKENS]]
-    if values is None:
+    else:
         values = [max_step, 0]
+        if max_step > _FLOAT32_EXACT:
+            warnings.warn(f"the loaded state dict has no clock (a torch optimizer's): the step clock is the largest "
+                          f"per-parameter step, {max_step}, a float32 count that is exact only up to 2**24; our clock "
+                          "is int64: set it with opt.set_clock(steps=...) if you know the exact count",
+                          RuntimeWarning, stacklevel=4)
         if any(isinstance(g.get("schedule"), Schedule) and g["schedule"].unit == "tokens" for g in new_groups):
             warnings.warn("the loaded state dict has no clock (a torch optimizer's): the step clock is the largest "
                           "per-parameter step, the token clock starts at 0; set it with opt.set_clock(tokens=...)",
@@ -196,6 +254,8 @@ def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
                              f"{len(g['params'])}")
         for index, (pid, p) in enumerate(zip(sg["params"], g["params"])):
             if pid in where_of:
+                if where_of[pid][2] is p and where_of[pid][0] == gi:  # listed twice in its group (torch allows it)
+                    continue
                 raise ValueError(f"loaded param_groups[{gi}] lists param id {pid!r} a second time")
             where_of[pid] = (gi, index, p)
     unknown = [k for k in saved_state if k not in where_of]
@@ -205,6 +265,7 @@ def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
     device = local(groups[0]["params"][0]).device if groups and groups[0]["params"] else torch.device("cpu")
     state: defaultdict = defaultdict(dict)
     steps, step_wheres = [], []
+    clocks: list[tuple[list[int], bool, str]] = []
     for pid, st in saved_state.items():
         gi, index, p = where_of[pid]
         where = describe_param(new_groups[gi], gi, index, p)
@@ -223,6 +284,8 @@ def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
                 new[k] = step.to(device=pdev, copy=True)
                 steps.append(step)
                 step_wheres.append(where)
+            elif k == STATE_CLOCK_KEY:
+                clocks.append((*_state_clock(v, where), where))
             elif k in MOMENT_KEYS:
                 new[k] = _state_tensor(v, where, k, shape, pdev, sdt)
             elif k == "master_param":
@@ -233,7 +296,9 @@ def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
                 new[k] = deepcopy(v)
         state[p] = new
     max_step = _check_steps(steps, step_wheres)
-    clock = _loaded_clock(extra if ours else None, saved_groups, new_groups, max_step, device)
+    clock = _loaded_clock(extra if ours else None, saved_groups, new_groups, max_step, device, clocks)
+    for st in state.values():  # every state entry holds the one clock the optimizer adopts
+        st[STATE_CLOCK_KEY] = clock
     options = _loaded_options(opt, extra.get("options") or {}) if ours else {}
     return LoadedState(groups=new_groups, state=state, clock=clock, options=options)
 

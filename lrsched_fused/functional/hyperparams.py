@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar, Mapping
 
+import torch
+
 from lrsched_fused._validate import (as_schedule, check_betas, check_bool, check_eps, check_lr, check_lr_scale,
                                      check_positive_or_none, check_trust_clip, check_weight_decay)
 from lrsched_fused.kernels import layout as L
@@ -131,13 +133,15 @@ class GroupConfig:
     """One param group as the kernels see it (see the module docstring).
 
     Attributes:
-        lr: the float lr the group follows, or (with a schedule) the schedule's peak, for display.
+        lr: the float lr the group follows, or (with a schedule) the schedule's peak, for display; or a
+            one-element tensor (as torch's fused AdamW accepts), which the kernels' table reads on the
+            device at every step (``lr_tensor``; ``row()`` then holds ``lr_scale`` as a placeholder).
         schedule: the group's :class:`~lrsched_fused.schedules.Schedule`, or ``None``.
         lr_scale: multiplies the lr (or the schedule).
         hyper: the algorithm's hyperparameters (:class:`AdamWHyper`, :class:`LambHyper`).
     """
 
-    lr: float
+    lr: float | torch.Tensor
     schedule: Schedule | None
     lr_scale: float
     hyper: Hyper
@@ -148,15 +152,26 @@ class GroupConfig:
         return UNIT_SCHEDULE if self.schedule is None else self.schedule
 
     @property
+    def lr_tensor(self) -> torch.Tensor | None:
+        """The group's tensor lr (followed on the device: ``lr_scale * lr`` goes into column ``HP_LR_SCALE``
+        by a device copy at every step), or ``None``."""
+        return self.lr if self.schedule is None and isinstance(self.lr, torch.Tensor) else None
+
+    @property
     def lr_factor(self) -> float:
-        """Column ``HP_LR_SCALE``: what the kernel multiplies ``kernel_schedule(clock)`` by."""
-        return self.lr_scale if self.schedule is not None else self.lr_scale * self.lr
+        """Column ``HP_LR_SCALE``: what the kernel multiplies ``kernel_schedule(clock)`` by (for a tensor lr,
+        ``lr_scale``: the tensor's value is multiplied in on the device)."""
+        if self.schedule is not None or self.lr_tensor is not None:
+            return self.lr_scale
+        return self.lr_scale * self.lr
 
     def row(self) -> list[float]:
         return self.hyper.row(self.lr_factor)
 
     def lr_at(self, clocks: list[int] | tuple[int, ...]) -> float:
         """The lr this group uses at the clock ``[updates applied, tokens consumed]`` (float64, host)."""
+        if self.lr_tensor is not None:
+            return self.lr_scale * float(self.lr_tensor)  # a host read: for logging, not the hot loop
         if self.schedule is None:
             return self.lr_factor
         return self.lr_scale * self.schedule(clocks[L.CLOCK_TOKENS if self.schedule.unit == "tokens" else L.CLOCK_STEPS])
@@ -203,7 +218,7 @@ def read_group(group: Mapping[str, Any], hyper_cls: type) -> GroupConfig:
         if isinstance(lr, Schedule):
             raise ValueError("lr must be a float; to drive the group with a schedule assign group['schedule'] "
                              "or use opt.set_schedule(schedule, group)")
-    else:
+    else:  # the schedule drives the group; its lr is for display
         lr = group.get("lr")
         lr = schedule.peak if not isinstance(lr, (int, float)) or isinstance(lr, bool) else float(lr)
     return GroupConfig(lr=lr, schedule=schedule, lr_scale=check_lr_scale(group.get("lr_scale", 1.0)),

@@ -3,6 +3,8 @@
 A parameter's state is a dict in ``torch.optim.AdamW``'s layout, so state dicts move both ways::
 
     {"step": float32 0-d tensor (updates applied to this parameter),
+     "clock": the optimizer's int64 [2] device clock (updates applied, tokens consumed), one tensor
+              shared by every parameter's state (so that every checkpoint path carries it),
      "exp_avg", "exp_avg_sq": moments, shaped like the parameter, in the state dtype,
      ["max_exp_avg_sq"]: AdamW amsgrad, ["master_param"]: fp32 copy of a bf16/fp16 parameter}
 
@@ -21,7 +23,7 @@ import torch
 from lrsched_fused.backends import TensorBatch
 
 __all__ = ["SUPPORTED_DTYPES", "LOW_PRECISION", "STATE_DTYPE_OPTIONS", "check_state_dtype_option", "state_dtype_for",
-           "wants_master", "init_state", "check_state", "is_dtensor", "local", "make_batch"]
+           "wants_master", "init_state", "state_changes", "is_dense", "same_layout", "flat", "check_state", "is_dtensor", "local", "make_batch"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -38,6 +40,42 @@ def is_dtensor(t: torch.Tensor) -> bool:
 def local(t: torch.Tensor) -> torch.Tensor:
     """The tensor a kernel updates: the local shard of a DTensor, else the tensor itself."""
     return t.to_local() if is_dtensor(t) else t
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """Whether a kernel can update ``t`` as flat memory: its elements fill one block without gaps or overlap
+    (contiguous, or a permutation of contiguous: a transposed view, ``channels_last``)."""
+    t = local(t)
+    if t.is_contiguous():
+        return True
+    expected = 1  # each dimension's stride, smallest first, is the product of the sizes of those before it
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def same_layout(t: torch.Tensor, p: torch.Tensor) -> bool:
+    """Whether ``t`` lays its elements out in memory as ``p`` does (element ``i`` of both flat blocks is the
+    same index): what an elementwise kernel over flat memory needs of a parameter's gradient and state."""
+    t, p = local(t), local(p)
+    return (t.is_contiguous() and p.is_contiguous()) or (t.shape == p.shape and t.stride() == p.stride())
+
+
+def flat(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor as a contiguous 1-d view of its memory block (itself if contiguous). Every tensor of a
+    batch is handed to the kernels this way; with :func:`same_layout` tensors the elements correspond."""
+    return t if t.is_contiguous() else t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def like_param(t: torch.Tensor, p: torch.Tensor, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``t`` (shaped like ``p``) as ``dtype`` on ``device`` in ``p``'s memory layout, copied only if needed."""
+    t = t.to(device=device, dtype=dtype)
+    if same_layout(t, p):
+        return t
+    out = torch.empty_like(local(p), dtype=dtype, device=device)
+    return out.copy_(t)
 
 
 def check_state_dtype_option(value: Any) -> Any:
@@ -73,6 +111,9 @@ def check_state(p: torch.Tensor, st: dict, where: str, required: Iterable[str] =
     step = st["step"]
     if not isinstance(step, torch.Tensor) or step.numel() != 1:
         raise ValueError(f"state['step'] of {where} must be a one-element tensor; got {step!r}")
+    clock = st.get("clock")
+    if clock is not None and (not isinstance(clock, torch.Tensor) or clock.numel() != 2):
+        raise ValueError(f"state['clock'] of {where} must be the optimizer's clock (a 2-element tensor); got {clock!r}")
     shape = local(p).shape
     for k in MOMENT_KEYS + ("master_param",):
         if k not in st:
@@ -86,38 +127,65 @@ def check_state(p: torch.Tensor, st: dict, where: str, required: Iterable[str] =
                              f"shape {tuple(shape)}: the state does not fit the model")
 
 
-def init_state(p: torch.Tensor, st: dict, *, keys: Iterable[str], state_dtype: torch.dtype, master: bool,
-               device: torch.device) -> None:
-    """Create the missing entries of ``st`` (zeros, ``step`` 0) and bring existing moments to ``state_dtype``
-    on ``device`` (contiguous). ``master``: keep (or create from ``p``) an fp32 ``master_param``, else drop it."""
+def state_changes(p: torch.Tensor, st: dict, *, keys: Iterable[str], state_dtype: torch.dtype, master: bool,
+                  device: torch.device, clock: torch.Tensor | None = None) -> tuple[dict, list[str]]:
+    """What :func:`init_state` would do to ``st``, computed without touching it: ``(entries to set, keys to
+    drop)``. Every new tensor (created, converted or moved) is made here, so a failure (a device that
+    cannot be reached, out of memory) raises before any state of any parameter changes."""
+    put: dict[str, Any] = {}
     if not st:
-        st["step"] = torch.zeros((), dtype=torch.float32, device=device)
+        put["step"] = torch.zeros((), dtype=torch.float32, device=device)
+    elif isinstance(st.get("step"), torch.Tensor) and st["step"].device != device:
+        put["step"] = st["step"].to(device)
+    if clock is not None and st.get("clock") is not clock:
+        put["clock"] = clock
     for k in keys:
         if k not in st:
-            st[k] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+            put[k] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
     for k in MOMENT_KEYS:
         t = st.get(k)
-        if t is not None and (t.dtype != state_dtype or local(t).device != device or not local(t).is_contiguous()):
-            st[k] = t.to(dtype=state_dtype) if is_dtensor(t) else t.to(device=device, dtype=state_dtype).contiguous()
+        if t is not None and (t.dtype != state_dtype or local(t).device != device or not same_layout(t, p)):
+            put[k] = t.to(dtype=state_dtype) if is_dtensor(t) else like_param(t, p, dtype=state_dtype, device=device)
+    drop = []
     if master:
-        if "master_param" not in st:
-            st["master_param"] = p.detach().clone().to(torch.float32)
-    else:
-        st.pop("master_param", None)
+        m = st.get("master_param")
+        if m is None:
+            put["master_param"] = p.detach().clone().to(torch.float32)
+        elif not is_dtensor(m) and (m.device != device or m.dtype != torch.float32 or not same_layout(m, p)):
+            put["master_param"] = like_param(m, p, dtype=torch.float32, device=device)
+    elif "master_param" in st:
+        drop.append("master_param")
+    return put, drop
+
+
+def init_state(p: torch.Tensor, st: dict, *, keys: Iterable[str], state_dtype: torch.dtype, master: bool,
+               device: torch.device, clock: torch.Tensor | None = None) -> None:
+    """Create the missing entries of ``st`` (zeros, ``step`` 0), bring existing moments to ``state_dtype``
+    on ``device`` (contiguous) and ``step`` to ``device``. ``master``: keep (or create from ``p``) an fp32
+    ``master_param`` on ``device``, else drop it. ``clock``: the optimizer's clock, held as ``st["clock"]``.
+    (:func:`state_changes` then applied.)"""
+    put, drop = state_changes(p, st, keys=keys, state_dtype=state_dtype, master=master, device=device, clock=clock)
+    st.update(put)
+    for k in drop:
+        del st[k]
 
 
 def make_batch(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], *, steps: torch.Tensor,
                group_index: torch.Tensor, amsgrad: bool, master: bool) -> TensorBatch:
     """The :class:`~lrsched_fused.backends.TensorBatch` of parameters and their state bundles (local shards
-    of DTensors). ``steps`` (float32 ``[n]``) and ``group_index`` (int64 ``[n]``) are on the parameters'
+    of DTensors; each tensor as the flat view of its memory, :func:`flat`: gradients and state must have
+    their parameter's layout, :func:`same_layout`). ``steps`` (float32 ``[n]``) and ``group_index`` (int64 ``[n]``) are on the parameters'
     device; ``steps`` is read as each tensor's update count and advanced by ``advance``."""
+    def lay(ts):
+        return [flat(local(t)) for t in ts]
+
     return TensorBatch(
-        params=[local(p) for p in params],
-        grads=[local(g) for g in grads],
-        exp_avgs=[local(st["exp_avg"]) for st in states],
-        exp_avg_sqs=[local(st["exp_avg_sq"]) for st in states],
-        max_exp_avg_sqs=[local(st["max_exp_avg_sq"]) for st in states] if amsgrad else None,
-        master_params=[local(st["master_param"]) for st in states] if master else None,
+        params=lay(params),
+        grads=lay(grads),
+        exp_avgs=lay(st["exp_avg"] for st in states),
+        exp_avg_sqs=lay(st["exp_avg_sq"] for st in states),
+        max_exp_avg_sqs=lay(st["max_exp_avg_sq"] for st in states) if amsgrad else None,
+        master_params=lay(st["master_param"] for st in states) if master else None,
         group_index=group_index,
         steps=steps,
     )

@@ -243,11 +243,14 @@ def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                                  f"group {gi} is not")
             check_state(p, optimizer.state.get(p, {}), describe_param(group, gi, index, p))
             todo.append((keys, p))
+    if todo and optimizer.clock is None:
+        optimizer.set_clock()  # a zero clock on the parameters' device, held by every state entry
     for keys, p in todo:
         st = optimizer.state[p]
         if not st:
             init_state(p, st, keys=keys, state_dtype=state_dtype_for(p.dtype, options["state_dtype"]),
-                       master=wants_master(p.dtype, options["master_weights"]), device=local(p).device)
+                       master=wants_master(p.dtype, options["master_weights"]), device=local(p).device,
+                       clock=optimizer.clock)
 
 
 def called_by_dcp_init(max_depth: int = 12) -> bool:

@@ -47,7 +47,9 @@ class FusedAdamW(FusedOptimizer):
             always fused and capturable). ``differentiable=True`` is not supported.
 
     State per parameter (torch's layout for fp32/fp64 params): ``step`` (0-d float32 on the
-    parameter's device), ``exp_avg``, ``exp_avg_sq`` and, with amsgrad, ``max_exp_avg_sq``.
+    parameter's device), ``exp_avg``, ``exp_avg_sq`` and, with amsgrad, ``max_exp_avg_sq``; plus ``clock``,
+    the optimizer's int64 device clock (one tensor shared by every state), so that every checkpoint path
+    carries it (``lrsched_fused.checkpoint``).
 
     Checkpoints: ``state_dict()`` adds the schedules (plain data in each group), the device clock and the
     options, and loads with ``torch.load(weights_only=True)``; ``load_state_dict`` takes it back on any
@@ -74,6 +76,14 @@ class FusedAdamW(FusedOptimizer):
         for name, flag in (("foreach", foreach), ("fused", fused), ("capturable", capturable)):
             if flag is not None and not isinstance(flag, bool):
                 raise ValueError(f"{name} must be None or a bool; got {flag!r}")
+        if isinstance(lr, torch.Tensor) and foreach and not capturable:  # torch.optim.AdamW's contract
+            raise ValueError("FusedAdamW is always fused and capturable and reads a tensor lr on the device, but "
+                             "torch.optim.AdamW refuses this combination of arguments, and so do we: drop "
+                             "foreach=True or pass capturable=True (lr as a Tensor is not supported for "
+                             "capturable=False and foreach=True)")
+        if foreach and fused:
+            raise RuntimeError("FusedAdamW is always fused: drop foreach=True (`fused` and `foreach` cannot be "
+                               "`True` together.)")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
         super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite,
                          master_weights=master_weights, state_dtype=state_dtype)
@@ -81,5 +91,6 @@ class FusedAdamW(FusedOptimizer):
     def _run(self, plan: Plan, tables: GroupTables, found_inf: torch.Tensor | None,
              grad_scale: torch.Tensor | None) -> None:
         for bucket in plan.buckets:
-            adamw(bucket.batch, tables, self._clock, amsgrad=bucket.key.amsgrad, found_inf=found_inf,
-                  grad_scale=grad_scale, backend=bucket.backend)
+            for batch, _ in self._passes(bucket, found_inf):
+                adamw(batch, tables, self._clock, amsgrad=bucket.key.amsgrad, found_inf=found_inf,
+                      grad_scale=grad_scale, backend=bucket.backend)

@@ -24,6 +24,7 @@ torch) non-finite gradients are applied like any others.
 
 from __future__ import annotations
 
+import warnings
 from copy import deepcopy
 from typing import Any, Callable, ClassVar, Iterable
 
@@ -32,14 +33,14 @@ import torch
 from lrsched_fused import checkpoint as C
 from lrsched_fused._validate import as_schedule, check_bool, check_count
 from lrsched_fused.backends import BACKENDS
-from lrsched_fused.functional import (SUPPORTED_DTYPES, GroupTables, advance, check_state_dtype_option, local,
-                                      normalize_group)
+from lrsched_fused.functional import (SUPPORTED_DTYPES, GroupTables, advance, check_state_dtype_option, is_dense,
+                                      local, normalize_group)
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import Schedule
 
 from . import _distributed
 from .plan import Plan, build_plan, check_new_plan, grad_entries, reusable_grads
-from .step_inputs import check_tokens, nonfinite_flag, scalar_attr, tokens_tensor
+from .step_inputs import capturing, check_capture, check_tokens, nonfinite_flag, scalar_attr, tokens_tensor
 from .tables import TablesCache, read_groups
 
 __all__ = ["FusedOptimizer"]
@@ -102,6 +103,16 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _check_buckets(self, buckets: list[list[torch.Tensor]]) -> None:
         """Check a new plan's buckets (lists of parameters) before any state exists."""
 
+    @staticmethod
+    def _passes(bucket, found_inf: torch.Tensor | None):
+        """``(batch, rows)`` to update, in order: the whole bucket, then, for a parameter listed ``k`` times in
+        its group (torch warns and keeps it), ``k - 1`` more updates of it, as torch's for-loop AdamW makes
+        them: its step count advances before each (one tiny launch; none without duplicates)."""
+        yield bucket.batch, bucket.rows
+        for k in bucket.repeats:
+            bucket.batch.steps[:k].add_(1.0 if found_inf is None else 1.0 - found_inf)
+            yield bucket.batch.slice(0, k), slice(bucket.rows.start, bucket.rows.start + k)
+
     # ------------------------------------------------------------------------------------------------
     # param groups, schedule, clock
     # ------------------------------------------------------------------------------------------------
@@ -136,6 +147,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _check_new_params(self, tensors: list, gi: int) -> None:
         seen: set[int] = set()
+        warned = False
         devices = {local(p).device for g in getattr(self, "param_groups", []) for p in g["params"]}
         for index, p in enumerate(tensors):
             if not isinstance(p, torch.Tensor):
@@ -145,12 +157,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             if p.is_complex() or p.dtype not in SUPPORTED_DTYPES:
                 raise ValueError(f"{where} has dtype {p.dtype}; parameters must be float32, bfloat16, float16 or "
                                  "float64 (complex parameters: optimize torch.view_as_real(p) instead)")
-            if not local(p).is_contiguous():
-                raise ValueError(f"{where} is not contiguous (strides {local(p).stride()}); the fused kernels update "
-                                 "flat memory: make it contiguous before creating the optimizer (e.g. "
-                                 "p.data = p.data.contiguous(); channels_last parameters are not supported)")
-            if id(p) in seen:
-                raise ValueError(f"{where} appears twice in the group; each parameter may appear once")
+            if not is_dense(p):
+                raise ValueError(f"{where} overlaps itself or has gaps (strides {local(p).stride()}, e.g. an expanded "
+                                 "view); the fused kernels update dense memory (contiguous, transposed or "
+                                 "channels_last tensors): make it contiguous (p.data = p.data.contiguous())")
+            if id(p) in seen and not warned:
+                warned = True  # torch 2.13's warning, and what we do about it
+                warnings.warn("optimizer contains a parameter group with duplicate parameters; in future, this will "
+                              "cause an error; see github.com/pytorch/pytorch/issues/40967 for more information. "
+                              f"({where} is listed again: as torch does, it is updated once per listing in each "
+                              "step, one after the other, and its step count advances as many times)",
+                              UserWarning, stacklevel=4)
             seen.add(id(p))
             devices.add(local(p).device)
             if len(devices) > 1:
@@ -239,11 +256,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             device = plan.device
         uses_tokens = any(c.schedule is not None and c.schedule.unit == "tokens" for c in configs)
         tokens_v = check_tokens(tokens, uses_tokens)
+        if capturing(device):
+            check_capture(plan is None, self._tables.differs(configs, device), tokens_v)
         found_inf = scalar_attr(self, "found_inf", device)
         grad_scale = scalar_attr(self, "grad_scale", device)
         # ---- 2. run ----
         if plan is None:
-            plan = self._adopt_plan(build_plan(draft, groups, self.state, configs))
+            plan = self._adopt_plan(build_plan(draft, groups, self.state, configs, self._clock_on(device)))
         else:
             for bucket in plan.buckets:
                 bucket.batch.grads = grads[bucket.rows]
@@ -256,14 +275,18 @@ class FusedOptimizer(torch.optim.Optimizer):
                 backend=plan.primary)
         return loss
 
-    def _adopt_plan(self, plan: Plan) -> Plan:
-        """Make ``plan`` current; the clock and the lr telemetry follow it to its device."""
-        device = plan.device
+    def _clock_on(self, device: torch.device) -> torch.Tensor:
+        """The clock, created or moved to ``device`` (a new plan then points every state entry at it)."""
         if self._clock is None or self._clock.device != device:
             clock = torch.zeros(L.NUM_CLOCKS, dtype=torch.int64, device=device)
             if self._clock is not None:
                 clock.copy_(self._clock)
             self._clock = clock
+        return self._clock
+
+    def _adopt_plan(self, plan: Plan) -> Plan:
+        """Make ``plan`` current; the lr telemetry follows it to its device."""
+        device = plan.device
         n = len(self.param_groups)
         if self._lr_out is None or self._lr_out.device != device or self._lr_out.numel() != n:
             self._lr_out = torch.zeros(n, dtype=torch.float32, device=device)

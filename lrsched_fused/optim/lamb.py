@@ -68,6 +68,15 @@ class FusedLAMB(FusedOptimizer):
         self._options["max_grad_norm"] = max_grad_norm
 
     def _check_buckets(self, buckets: list[list[torch.Tensor]]) -> None:
+        for params in buckets:
+            if any(getattr(p, "_is_flat_param", False) for p in params):
+                raise ValueError(
+                    "FusedLAMB got an FSDP1 FlatParameter (torch.distributed.fsdp.FullyShardedDataParallel flattens "
+                    "every tensor of a module into one flat parameter and shards that): LAMB's trust ratio "
+                    "||w|| / ||r + lambda w|| is per tensor (layer), and over a flat parameter it would be taken over "
+                    "a shard of several concatenated layers. Use FSDP2 (torch.distributed.fsdp.fully_shard), whose "
+                    "DTensor parameters keep each tensor (the ratio is then whole-tensor, across shards), or FusedAdamW "
+                    "(elementwise, correct on flat parameters)")
         if self._options.get("max_grad_norm") is not None:
             check_global_norm_reducible(buckets)
 
@@ -100,5 +109,6 @@ class FusedLAMB(FusedOptimizer):
         norms = self._norms(plan)
         clip_div = self._clip_div(plan, tables, grad_scale)
         for bucket in plan.buckets:
-            lamb(bucket.batch, tables, self._clock, norms_out=norms[bucket.rows], clip_div=clip_div,
-                 allreduce=bucket.allreduce, found_inf=found_inf, grad_scale=grad_scale, backend=bucket.backend)
+            for batch, rows in self._passes(bucket, found_inf):
+                lamb(batch, tables, self._clock, norms_out=norms[rows], clip_div=clip_div, allreduce=bucket.allreduce,
+                     found_inf=found_inf, grad_scale=grad_scale, backend=bucket.backend)

@@ -14,9 +14,19 @@ from lrsched_fused._validate import check_count
 from ._distributed import allreduce_flag
 from .plan import Bucket, Plan
 
-__all__ = ["TOKENS_MAX", "check_tokens", "tokens_tensor", "scalar_attr", "nonfinite_flag"]
+__all__ = ["to_device", "capturing", "check_capture", "TOKENS_MAX", "check_tokens", "tokens_tensor", "scalar_attr", "nonfinite_flag"]
 
 TOKENS_MAX = 2**63 - 1
+
+
+def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` on ``device`` as ``dtype``. A host-to-GPU copy is non-blocking (stream-ordered before the kernels
+    that read it); any other copy is blocking: a GPU-to-host copy (a GradScaler's ``found_inf`` on the GPU
+    for an optimizer whose parameters live on the CPU, as with FSDP2's ``CPUOffloadPolicy``) must have
+    landed before the CPU kernels read it, and a non-blocking one would not have."""
+    if t.device == device and t.dtype == dtype:
+        return t
+    return t.to(device=device, dtype=dtype, non_blocking=device.type == "cuda" and t.device.type == "cpu")
 
 
 def check_tokens(tokens: Any, required: bool) -> int | torch.Tensor | None:
@@ -35,13 +45,38 @@ def check_tokens(tokens: Any, required: bool) -> int | torch.Tensor | None:
     return check_count(tokens, "tokens", maximum=TOKENS_MAX)
 
 
+def capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on ``device``'s current stream."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def check_capture(new_plan: bool, tables_change: bool, tokens: Any) -> None:
+    """``ValueError`` for a step that cannot be captured in a CUDA graph: a captured graph replays the
+    kernels with the buffers and values it saw, and the Python of ``step()`` does not run at replay.
+    A step that builds a plan (allocates state and tables), changes the group tables (a new schedule,
+    an edited hyperparameter), or takes ``tokens`` as a Python int (frozen into the graph) cannot."""
+    if new_plan:
+        raise ValueError("a CUDA graph capture must not contain the optimizer's first step (or the first after a "
+                         "change of parameters, gradients' presence or state): it allocates state and tables. "
+                         "Run a few warm-up steps on a side stream before capturing, as torch's capturable "
+                         "optimizers require")
+    if tables_change:
+        raise ValueError("the param groups' schedules or hyperparameters changed during a CUDA graph capture: a "
+                         "replay reads the tables as they were captured. Change them (set_schedule, group values) "
+                         "before capturing; a schedule changes the lr of every replay by itself")
+    if tokens is not None and not isinstance(tokens, torch.Tensor):
+        raise ValueError("during a CUDA graph capture, step(tokens=...) must be a one-element integer tensor on "
+                         "the GPU: a Python int would be frozen into the graph (every replay would add the "
+                         "captured count). Write each step's count into that tensor before the replay")
+
+
 def tokens_tensor(plan: Plan, tokens: int | torch.Tensor | None) -> torch.Tensor | None:
     """The checked ``tokens`` as a one-element int64 tensor on the plan's device (a Python int is written
     into a buffer kept with the plan)."""
     if tokens is None:
         return None
     if isinstance(tokens, torch.Tensor):
-        return tokens.reshape(1).to(device=plan.device, dtype=torch.int64, non_blocking=True)
+        return to_device(tokens.reshape(1), plan.device, torch.int64)
     buf = plan.extra.get("tokens")
     if buf is None:
         buf = plan.extra["tokens"] = torch.zeros(1, dtype=torch.int64, device=plan.device)
@@ -58,9 +93,7 @@ def scalar_attr(optimizer: Any, name: str, device: torch.device) -> torch.Tensor
     if not isinstance(value, torch.Tensor) or value.numel() != 1 or not value.is_floating_point():
         raise ValueError(f"optimizer.{name} must be None or a one-element floating-point tensor (as "
                          f"torch.amp.GradScaler sets it); got {value!r}")
-    if value.device != device:
-        value = value.to(device, non_blocking=True)
-    return value.reshape(1).to(torch.float32)
+    return to_device(value.reshape(1), device, torch.float32)
 
 
 def _agree_across_shards(bucket: Bucket, flag: torch.Tensor) -> None:

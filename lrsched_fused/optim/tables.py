@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import torch
 
 from lrsched_fused.functional import GroupConfig, GroupTables, read_group
+from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import Schedule, encode_tables
 
 __all__ = ["read_groups", "TablesCache"]
@@ -51,6 +52,14 @@ class TablesCache:
         self._schedules = None
         self._rows = None
 
+    def differs(self, configs: Sequence[GroupConfig], device: torch.device) -> bool:
+        """Whether :meth:`commit` would re-encode, copy or allocate anything (nothing may change while a
+        CUDA graph is being captured: a replay reads the buffers and values the capture saw)."""
+        tables = self.tables
+        return (tables is None or tables.sched.ints.device != device
+                or not _same(tuple(c.kernel_schedule for c in configs), self._schedules)
+                or [c.row() for c in configs] != self._rows)
+
     def commit(self, configs: Sequence[GroupConfig], groups: Sequence[dict], device: torch.device) -> GroupTables:
         """The tables for ``configs`` on ``device``, reusing what did not change."""
         schedules = tuple(c.kernel_schedule for c in configs)
@@ -73,6 +82,13 @@ class TablesCache:
             self._rows = rows
         if tables is None or sched is not tables.sched or hparams is not tables.hparams:
             self.tables = GroupTables(sched, hparams)
+        for gi, c in enumerate(configs):  # a tensor lr is read on the device, every step (no host sync)
+            lr = c.lr_tensor
+            if lr is not None:
+                column = hparams[gi, L.HP_LR_SCALE]
+                column.copy_(lr.reshape(()), non_blocking=lr.device.type == "cpu" and device.type == "cuda")
+                if c.lr_scale != 1.0:
+                    column.mul_(c.lr_scale)
         for g, c in zip(groups, configs):  # a schedule assigned as to_dict() data is kept as the Schedule object
             if c.schedule is not None and g.get("schedule") is not c.schedule:
                 g["schedule"] = c.schedule
