@@ -125,6 +125,7 @@ LAYERS = [
     ("backends", [f"{PKG}.backends", f"{PKG}._cpu", f"{PKG}._cuda"]),
     ("kernels", [f"{PKG}.kernels"]),
     ("reference", [f"{PKG}.reference"]),
+    ("predict", [f"{PKG}.predict"]),
     ("validate", [f"{PKG}._validate"]),
     ("schedules", [f"{PKG}.schedules"]),
     ("layout", [f"{PKG}.kernels.layout", f"{PKG}._version"]),
