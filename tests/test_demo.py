@@ -194,3 +194,14 @@ def test_table_has_a_row_per_checkpoint_and_timing_rows():
     assert lines[0].startswith("| checkpoint") and "A: train" in lines[0] and "B: train" in lines[0]
     assert any(ln.startswith("| end ") and "3.000" in ln and "3.100" in ln for ln in lines)
     assert any("optimizer step, median ms" in ln for ln in lines)
+
+
+def test_demo_writes_each_runs_loss_curve_as_csv(tiny_run):
+    from lrsched_fused.predict import read_curve
+
+    out, result, printed = tiny_run
+    for run, name in zip(result.runs, ("fusedlamb_wsd", "torch_adamw_cosine")):
+        curve = read_curve(out / "curves" / f"{name}.csv")
+        assert curve.lrs.tolist() == run.lrs and curve.train_losses.tolist() == run.losses
+        assert dict(zip(curve.val_steps.tolist(), curve.val_losses.tolist())) == run.val
+    assert "curves" not in printed  # the plain demo prints what it printed before

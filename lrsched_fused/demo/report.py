@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Sequence
 
 from .train import RunResult
 
-__all__ = ["Checkpoint", "checkpoints", "table", "verdict", "plot_runs", "save_json", "TIE_NATS"]
+__all__ = ["Checkpoint", "checkpoints", "table", "verdict", "plot_runs", "save_json", "write_curves", "curve_name",
+           "TIE_NATS"]
 
 #: Final validation losses closer than this (nats) are reported as a tie.
 TIE_NATS = 0.01
@@ -131,3 +133,16 @@ def save_json(runs: Sequence[RunResult], config: dict, path: str | Path) -> Path
     path = Path(path)
     path.write_text(json.dumps(data, indent=1))
     return path
+
+
+def curve_name(name: str) -> str:
+    """A file name for a run's curve: ``"FusedLAMB + WSD"`` -> ``"fusedlamb_wsd"``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "run"
+
+
+def write_curves(runs: Sequence[RunResult], directory: str | Path) -> list[Path]:
+    """Each run's curve as ``<directory>/<curve_name>.csv`` with the columns ``step,loss,lr,val_loss``
+    (:mod:`lrsched_fused.predict`; ``lrsched-fused predict --fit`` reads them)."""
+    from lrsched_fused.predict import write_curve
+
+    return [write_curve(Path(directory) / f"{curve_name(r.name)}.csv", r.losses, r.lrs, r.val) for r in runs]

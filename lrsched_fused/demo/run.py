@@ -31,7 +31,7 @@ from .compare import LOSS_RTOL, Agreement, compare, format_agreement, load_runs,
 from .data import BatchStream, load_corpus
 from .model import ModelConfig, TinyCausalLM, next_token_loss
 from .recipes import Hyper, adamw_cosine, lamb_wsd, resolved_backend
-from .report import checkpoints, plot_runs, save_json, table, verdict
+from .report import checkpoints, plot_runs, save_json, table, verdict, write_curves
 from .train import RunResult, train
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "quick_config", "QUICK"]
@@ -160,7 +160,8 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
     """Train the model twice (FusedLAMB + WSD, torch AdamW + cosine), print the table and the verdict,
-    and write ``demo.png``, ``table.md`` and ``runs.json`` into ``cfg.out_dir``.
+    and write ``demo.png``, ``table.md``, ``runs.json`` and the loss curves ``curves/<run>.csv`` (columns
+    ``step,loss,lr,val_loss``, for ``lrsched-fused predict``) into ``cfg.out_dir``.
 
     Distributed (``cfg.distributed``): joins the ``torchrun`` job (gloo, initialised here unless a process
     group exists; destroyed at the end if created here), and only rank 0 echoes and writes files (the
@@ -264,6 +265,7 @@ def _run(cfg: DemoConfig, echo: Callable[[str], None], env: D.DistEnv | None, re
     table_path = out / "table.md"
     table_path.write_text(text + "\n\n" + summary + "\n")
     json_path = save_json(runs, config, out / "runs.json")
+    write_curves(runs, out / "curves")  # step,loss,lr CSVs for `lrsched-fused predict --fit` (not listed below)
     png = None
     try:
         png = plot_runs(runs, schedule.edges, out / "demo.png",
