@@ -1,9 +1,11 @@
 """Command line: ``lrsched-fused <command>`` or ``python -m lrsched_fused <command>``.
 
 Commands:
-  demo   train a small causal LM with FusedLAMB + WSD and with torch AdamW + cosine; compare
-  plot   draw schedules given as text, print their values at the phase edges
-  info   version, which optimizer backends can run here (and why not), torch/triton versions, threads
+  demo     train a small causal LM with FusedLAMB + WSD and with torch AdamW + cosine; compare
+           (--study: the schedule study: loss prediction, refinement, branching)
+  predict  fit the annealing law to loss curves (CSV) and predict other schedules' losses
+  plot     draw schedules given as text, print their values at the phase edges
+  info     version, which optimizer backends can run here (and why not), torch/triton versions, threads
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrsched-fused", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,plot,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,predict,plot,info}")
 
     demo = sub.add_parser("demo", help="FusedLAMB + WSD vs torch AdamW + cosine on a small causal LM",
                           description="Train a ~1M-parameter byte-level causal transformer twice with the same "
@@ -57,6 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
                       help="check the per-step losses against an earlier run of the same settings (its runs.json, "
                            "e.g. the single-process one): exit status 1 unless the first 20 steps agree to 1e-5 "
                            "relative; the whole-run differences (fp32 rounding drift) are printed too")
+
+    demo.add_argument("--study", action="store_true",
+                      help="the schedule study instead: fit the annealing law to two runs, predict and train held-out "
+                           "schedules, refine a schedule from gradient norms and compare it over seeds "
+                           "(docs/schedule_science.md); writes study.md, study.png, study.json, curves/")
+    demo.add_argument("--seeds", type=int, default=2, help="with --study: seeds of the refinement comparison (default 2)")
+
+    pred = sub.add_parser("predict", help="fit the annealing law to loss curves and predict schedules' losses",
+                          description="Fit L(s) = L0 + A*S1^-alpha - C*S2 (Tissue et al., arXiv 2408.11029) to loss "
+                                      "curves (CSV files step,loss,lr[,val_loss], as `lrsched-fused demo` writes in "
+                                      "its curves/ folder; each run's schedule is its lr column), then print the "
+                                      "predicted final loss of each --schedule, e.g.\n  lrsched-fused predict --fit "
+                                      "a.csv b.csv --schedule \"cosine(peak_lr=0.02, total_steps=250, "
+                                      "warmup_steps=25)\"",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    pred.add_argument("--fit", nargs="+", metavar="CSV", required=True, help="loss curves to fit the law to")
+    pred.add_argument("--schedule", action="append", default=[], metavar="SCHEDULE",
+                      help="a schedule to predict (constructor call; repeat for several)")
+    pred.add_argument("--steps", type=int, default=None,
+                      help="predict at this many updates (default: each schedule's total, else the fit runs' length)")
+    pred.add_argument("--loss", choices=("auto", "val", "train"), default="auto",
+                      help="which losses to fit: validation, training, or auto (validation where a curve has at least "
+                           "4 of them, else training; default)")
+    pred.add_argument("--from-step", type=int, default=None,
+                      help="fit only losses at steps >= this (default: 20%% of each curve's steps)")
+    pred.add_argument("--decay", default="0.999",
+                      help="the annealing momentum lambda, or 'fit' to fit it too (default 0.999)")
+    pred.add_argument("--plot", metavar="PNG", default=None, help="draw the fitted and predicted curves here")
 
     plot = sub.add_parser("plot", help="plot schedules and print their values at the phase edges",
                           description="Plot one or more schedules, each written as a constructor call of "
@@ -145,6 +175,38 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from lrsched_fused.predict import _report as R
+
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1; got {args.steps}")
+    if args.from_step is not None and args.from_step < 1:
+        raise ValueError(f"--from-step must be >= 1; got {args.from_step}")
+    if args.decay == "fit":
+        decay: float | str = "fit"
+    else:
+        try:
+            decay = float(args.decay)
+        except ValueError:
+            raise ValueError(f"--decay must be a number in [0, 1) or 'fit'; got {args.decay!r}") from None
+    scheds = [_parse(text) for text in args.schedule]
+    fit = R.fit_curves(args.fit, which=args.loss, from_step=args.from_step, decay=decay)
+    rows = R.prediction_rows(fit, scheds, args.steps)
+    print(R.format_predictions(fit, rows))
+    if args.plot:
+        print(f"wrote {R.plot_predictions(args.plot, fit, scheds, rows)}")
+    return 0
+
+
+def _parse(text: str):
+    from lrsched_fused import schedules as S
+
+    try:
+        return S.parse(text)
+    except (TypeError, ValueError) as exc:  # TypeError: a constructor called with a wrong or missing argument
+        raise ValueError(f"{text!r}: {exc}") from None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lrsched_fused.demo import DemoConfig, quick_config, run_demo
 
@@ -165,6 +227,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                   seed=args.seed, progress=not args.no_progress,
                   batch_size=cfg.batch_size if args.batch_size is None else args.batch_size,
                   distributed=args.distributed, threads=args.threads, compare=args.compare)
+    if args.study:
+        from lrsched_fused.demo.study import StudyConfig, run_study
+
+        if args.distributed is not None or args.compare is not None:
+            raise ValueError("--study runs in one process: it takes neither --distributed nor --compare")
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1; got {args.seeds}")
+        run_study(StudyConfig(demo=cfg, seeds=args.seeds))
+        return 0
     result = run_demo(cfg)
     return 0 if result.matches else 1
 
@@ -181,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"demo": _cmd_demo, "plot": _cmd_plot, "info": _cmd_info}[args.command]
+    handler = {"demo": _cmd_demo, "predict": _cmd_predict, "plot": _cmd_plot, "info": _cmd_info}[args.command]
     try:
         return handler(args)
     except ValueError as exc:

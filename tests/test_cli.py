@@ -145,3 +145,86 @@ def test_demo_rejects_bad_flags_before_training(capsys, tmp_path):
     assert main(["demo", "--quick", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path),
                  "--no-progress"]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+# -- predict and demo --study (schedule science) ------------------------------------------------------
+def _synthetic_curves(tmp_path):
+    """Two curve files of a known law (noise-free), with validation every 10 steps."""
+    import numpy as np
+
+    from lrsched_fused.predict import AnnealingLaw, write_curve
+
+    law = AnnealingLaw(L0=2.0, A=0.5, alpha=0.6, C=0.4)
+    paths = []
+    for name, sched in (("const", S.wsd(peak_lr=2e-3, total_steps=400, warmup_steps=20, decay_steps=0)),
+                        ("wsd", S.wsd(peak_lr=2e-3, total_steps=400, warmup_steps=20, decay_fraction=0.25))):
+        lrs = [sched(t) for t in range(400)]
+        val_steps = np.arange(10, 401, 10)
+        val = dict(zip(val_steps.tolist(), law.predict(sched, val_steps).tolist()))
+        paths.append(write_curve(tmp_path / f"{name}.csv", [3.0] * 400, lrs, val))
+    return law, paths
+
+
+@needs_matplotlib
+def test_predict_fits_curve_files_and_prints_predicted_final_losses(tmp_path, capsys):
+    law, (const, wsd) = _synthetic_curves(tmp_path)
+    cos = "cosine(peak_lr=2e-3, total_steps=400, warmup_steps=20)"
+    out = tmp_path / "pred.png"
+    assert main(["predict", "--fit", str(const), str(wsd), "--schedule", cos, "--schedule", "constant(2e-3)",
+                 "--steps", "400", "--plot", str(out)]) == 0
+    printed = capsys.readouterr().out
+    want = law.predict(S.parse(cos), [400])[0]
+    row = next(line for line in printed.splitlines() if line.startswith("| cosine("))
+    assert f"{want:.4f}" in row and "| predicted | 400 |" in row
+    assert "| const.csv | fit (val) | 400 |" in printed and "+0.00%" in printed
+    assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_predict_defaults_and_fitted_decay(tmp_path, capsys):
+    _, paths = _synthetic_curves(tmp_path)
+    assert main(["predict", "--fit", *map(str, paths), "--decay", "fit", "--loss", "val", "--from-step", "40",
+                 "--schedule", "wsd(peak_lr=2e-3, total_steps=300, warmup_steps=20, decay_fraction=0.2)"]) == 0
+    printed = capsys.readouterr().out
+    assert "| wsd(" in printed and "| predicted | 300 |" in printed  # the schedule's own total
+    assert "lambda 0.999" in printed  # the curves were made with 0.999
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--decay", "slow"], "--decay"),
+    (["--decay", "1.5"], "decay"),
+    (["--steps", "0"], "--steps"),
+    (["--from-step", "0"], "--from-step"),
+    (["--schedule", "cosine(peak_lr=1e-3)"], "total_steps"),
+    (["--schedule", "nosuch(1)"], "unknown schedule constructor"),
+])
+def test_predict_rejects_bad_arguments(tmp_path, capsys, extra, needle):
+    _, paths = _synthetic_curves(tmp_path)
+    assert main(["predict", "--fit", *map(str, paths), *extra]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_predict_rejects_missing_and_malformed_curve_files(tmp_path, capsys):
+    assert main(["predict", "--fit", str(tmp_path / "missing.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,loss\n0,1.0\n")
+    assert main(["predict", "--fit", str(bad)]) == 2
+    assert "step,loss,lr" in capsys.readouterr().err
+
+
+@needs_matplotlib
+def test_demo_study_runs_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["demo", "--study", "--quick", "--steps", "12", "--batch-size", "4", "--seeds", "1", "--no-progress",
+                 "--threads", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Loss prediction" in printed and "Refinement" in printed and "seed 0" in printed
+    assert (out / "study.md").exists() and (out / "study.png").exists()
+    assert len(list((out / "curves").glob("*.csv"))) == 6  # 2 fit + 3 held-out + 1 refined, one seed
+
+
+def test_demo_study_rejects_distributed_and_bad_seeds(tmp_path, capsys):
+    assert main(["demo", "--study", "--distributed", "ddp", "--out", str(tmp_path)]) == 2
+    assert "--study" in capsys.readouterr().err
+    assert main(["demo", "--study", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "--seeds" in capsys.readouterr().err
