@@ -64,7 +64,7 @@ def test_groups_hold_immutable_hashable_schedules_with_a_readable_repr():
     assert hash(sched) == hash(S.cosine(peak_lr=1e-2, total_steps=20, warmup_steps=2))
     assert {sched: 1}[S.cosine(peak_lr=1e-2, total_steps=20, warmup_steps=2)] == 1
     assert repr(sched) == "cosine(peak_lr=0.01, total_steps=20, warmup_steps=2, final_lr=0.0, init_lr=0.0)"
-    assert opt.param_groups[0]["lr"] == OLD.peak
+    assert opt.param_groups[0]["lr"] == OLD(0) == 0.0  # the lr the first step will use (issue 14)
 
 
 def test_state_dicts_hold_plain_schedule_data_and_load_back_as_objects():

@@ -32,6 +32,7 @@ class LoadedState:
     state: defaultdict
     clock: torch.Tensor
     options: dict[str, Any] = field(default_factory=dict)
+    clock_values: list[int] = field(default_factory=list)   # the clock's values, known on the host
 
 
 def _number(value: Any, what: str) -> Any:
@@ -181,7 +182,7 @@ def _clock_from_states(clocks: list[tuple[list[int], bool, str]], max_step: int)
 
 
 def _loaded_clock(extra: Mapping | None, saved_groups: Sequence, new_groups: Sequence[dict], max_step: int,
-                  device: torch.device, state_clocks: list[tuple[list[int], bool, str]]) -> torch.Tensor:
+                  device: torch.device, state_clocks: list[tuple[list[int], bool, str]]) -> list[int]:
     """The clock to adopt: the state entries' (where every checkpoint path keeps it), else the top-level
     entry, else the groups' copies, else derived from the steps. Every source given is validated."""
     from_states = _clock_from_states(state_clocks, max_step)
@@ -218,7 +219,7 @@ def _loaded_clock(extra: Mapping | None, saved_groups: Sequence, new_groups: Seq
             warnings.warn("the loaded state dict has no clock (a torch optimizer's): the step clock is the largest "
                           "per-parameter step, the token clock starts at 0; set it with opt.set_clock(tokens=...)",
                           RuntimeWarning, stacklevel=4)
-    return torch.tensor(values, dtype=torch.int64).to(device)
+    return values
 
 
 def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
@@ -296,11 +297,12 @@ def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
                 new[k] = deepcopy(v)
         state[p] = new
     max_step = _check_steps(steps, step_wheres)
-    clock = _loaded_clock(extra if ours else None, saved_groups, new_groups, max_step, device, clocks)
+    clock_values = _loaded_clock(extra if ours else None, saved_groups, new_groups, max_step, device, clocks)
+    clock = torch.tensor(clock_values, dtype=torch.int64).to(device)
     for st in state.values():  # every state entry holds the one clock the optimizer adopts
         st[STATE_CLOCK_KEY] = clock
     options = _loaded_options(opt, extra.get("options") or {}) if ours else {}
-    return LoadedState(groups=new_groups, state=state, clock=clock, options=options)
+    return LoadedState(groups=new_groups, state=state, clock=clock, options=options, clock_values=clock_values)
 
 
 def _loaded_options(opt, options: Mapping[str, Any]) -> dict[str, Any]:

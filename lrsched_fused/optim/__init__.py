@@ -8,6 +8,7 @@ from ._groups import default_no_decay, param_groups
 from .adamw import FusedAdamW
 from .base import FusedOptimizer
 from .lamb import FusedLAMB
+from .lr_scheduler import KernelLRScheduler
 
-__all__ = ["FusedAdamW", "FusedLAMB", "FusedOptimizer", "param_groups", "default_no_decay", "torch_scheduler_for",
+__all__ = ["FusedAdamW", "FusedLAMB", "FusedOptimizer", "KernelLRScheduler", "param_groups", "default_no_decay", "torch_scheduler_for",
            "clock_from_torch_scheduler"]

@@ -39,6 +39,8 @@ from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import Schedule
 
 from . import _distributed
+from .lr_scheduler import KernelLRScheduler
+from .lr_view import LrView
 from .plan import Plan, build_plan, check_new_plan, grad_entries, reusable_grads
 from .step_inputs import capturing, check_capture, check_tokens, nonfinite_flag, scalar_attr, tokens_tensor
 from .tables import TablesCache, read_groups
@@ -71,6 +73,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         defaults.setdefault("lr_scale", 1.0)
         normalize_group(defaults, self.hyperparams, explicit_lr=True)
         super().__init__(params, defaults)
+        self._publish_lrs()
 
     def _init_runtime(self, clock: torch.Tensor | None = None) -> None:
         """Caches and device buffers (not part of the pickled state except the clock)."""
@@ -79,6 +82,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._lr_out: torch.Tensor | None = None
         self._tables = TablesCache()
         self._telemetry: dict[str, Any] = {}
+        self._lr_view = LrView(clock)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -144,6 +148,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         group["params"] = params
         super().add_param_group(group)
         self._plan = None
+        if hasattr(self, "defaults"):  # torch's __init__ adds the first groups before anything else is set
+            self._publish_lrs()
 
     def _check_new_params(self, tensors: list, gi: int) -> None:
         seen: set[int] = set()
@@ -190,6 +196,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             g["schedule"] = schedule
             if schedule is not None:
                 g["lr"] = schedule.peak
+        self._publish_lrs()
 
     def set_clock(self, steps: int | None = None, tokens: int | None = None) -> None:
         """Set the device clock: ``steps`` updates applied, ``tokens`` tokens consumed (``None`` keeps a
@@ -202,6 +209,33 @@ class FusedOptimizer(torch.optim.Optimizer):
         for index, value in values.items():
             if value is not None:
                 self._clock[index] = value
+                self._lr_view.clock[index] = value
+        if not self._lr_view.exact:
+            self._lr_view.reset(self._clock)
+        self._publish_lrs()
+
+    # ------------------------------------------------------------------------------------------------
+    # the lr the groups show (lr_view.py) and the scheduler that follows it
+    # ------------------------------------------------------------------------------------------------
+    def _publish_lrs(self, configs=None) -> None:
+        """Write the lr the next step will use into every scheduled group's ``lr`` (host mirror of the clock)."""
+        if configs is None:
+            configs = read_groups(self.param_groups, self.hyperparams)
+        self._lr_view.publish(self.param_groups, configs)
+
+    def _sync_lrs(self) -> None:
+        """Correct the host mirror of the clock from the device if a step may have been skipped or tokens came
+        as a tensor (one host read, only then); then the groups' ``lr``."""
+        if not self._lr_view.exact and self._clock is not None:
+            self._lr_view.reset(self._clock)
+            self._publish_lrs()
+
+    def lr_scheduler(self) -> "KernelLRScheduler":
+        """A ``torch.optim.lr_scheduler.LRScheduler`` that follows this optimizer's in-kernel schedule, for
+        trainers that need a scheduler object (HF ``Trainer(optimizers=(opt, opt.lr_scheduler()))``,
+        Lightning's ``configure_optimizers``, accelerate's ``prepare``). Its ``step()`` changes nothing the
+        kernel uses; ``get_last_lr()`` is what ``LambdaLR`` would return. See :class:`KernelLRScheduler`."""
+        return KernelLRScheduler(self)
 
     def _params_device(self) -> torch.device:
         for g in self.param_groups:
@@ -243,6 +277,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             return loss
         # ---- 1. check (nothing changes) ----
         groups = self.param_groups
+        self._lr_view.check_edits(groups)
         configs = read_groups(groups, self.hyperparams)
         plan = self._plan
         grads = reusable_grads(plan, groups, self.state, configs) if plan is not None else None
@@ -273,6 +308,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._run(plan, tables, found_inf, grad_scale)
         advance(tables, self._clock, plan.steps, self._lr_out, tokens=tokens_t, found_inf=found_inf,
                 backend=plan.primary)
+        self._lr_view.advance(tokens_v, may_skip=found_inf is not None)
+        self._lr_view.publish(groups, configs)
         return loss
 
     def _clock_on(self, device: torch.device) -> torch.Tensor:
@@ -313,6 +350,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def get_last_lr(self) -> list[float]:
         """The lr each group used in the last step; before any step (or right after loading a state
         dict), the lr the next step will use. Reads the device: call it for logging, not in a hot loop."""
+        self._sync_lrs()
         if self._lr_out is None:
             clock = self._clock.tolist() if self._clock is not None else [0] * L.NUM_CLOCKS
             return [c.lr_at(clock) for c in read_groups(self.param_groups, self.hyperparams)]
@@ -326,6 +364,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         the clock in each param group (see :mod:`lrsched_fused.checkpoint`). Plain data: loads with
         ``torch.load(weights_only=True)``; the schedules are the groups' ``"schedule"`` dicts;
         ``torch.optim.AdamW`` can load it. Reads the clock on the host (one sync)."""
+        self._sync_lrs()
         return C.finish_state_dict(super().state_dict(), self._clock, self._options)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -352,6 +391,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._options.update(loaded.options)
         self._lr_out = None
         self._telemetry = {}
+        self._lr_view.reset(loaded.clock_values)
+        self._publish_lrs()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 

@@ -4,13 +4,11 @@ Every step reads each group (:func:`~lrsched_fused.functional.read_group`: valid
 then commits: the schedule tables are re-encoded only when a group's schedule changed (schedules are
 immutable values, compared by identity, then by value), the float64 hyperparameter table is copied to
 the device only when a row changed, into the same buffer when its shape allows (kernels and captured
-graphs keep their pointer). A group whose schedule drives it and whose ``lr`` was edited since gets one
-warning: the schedule wins.
+graphs keep their pointer).
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Mapping, Sequence
 
 import torch
@@ -44,8 +42,6 @@ class TablesCache:
         self.tables: GroupTables | None = None
         self._schedules: tuple[Schedule, ...] | None = None
         self._rows: list[list[float]] | None = None
-        self._lr_written: list[float] = []
-        self._warned_lr = False
 
     def invalidate(self) -> None:
         """Forget what was encoded (the next commit re-encodes and re-copies everything)."""
@@ -67,10 +63,8 @@ class TablesCache:
         if not _same(schedules, self._schedules) or tables is None or tables.sched.ints.device != device:
             sched = encode_tables(schedules, device)
             self._schedules = schedules
-            self._lr_written = [g["lr"] for g in groups]
         else:
             sched = tables.sched
-        self._warn_lr_edit(groups)
         rows = [c.row() for c in configs]
         hparams = None if tables is None else tables.hparams
         if rows != self._rows or hparams is None or hparams.device != device:
@@ -93,15 +87,3 @@ class TablesCache:
             if c.schedule is not None and g.get("schedule") is not c.schedule:
                 g["schedule"] = c.schedule
         return self.tables
-
-    def _warn_lr_edit(self, groups: Sequence[dict]) -> None:
-        if self._warned_lr:
-            return
-        for gi, g in enumerate(groups):
-            if (g.get("schedule") is not None and gi < len(self._lr_written)
-                    and not (type(g["lr"]) is float and g["lr"] == self._lr_written[gi])):
-                self._warned_lr = True
-                warnings.warn("param_groups[i]['lr'] was changed while a schedule drives that group; the schedule "
-                              "wins. Use opt.set_schedule(None) to follow group['lr'] instead.", RuntimeWarning,
-                              stacklevel=5)
-                return

@@ -18,8 +18,11 @@ class LRScheduler(torch.optim.lr_scheduler.LRScheduler):
     every torch scheduler, the first optimizer step uses ``schedule(0)``. Give one schedule for all
     groups or a sequence with one per group; a group's ``lr_scale`` (if present) multiplies its value.
     The state dict stores the schedules as plain data, so it survives ``torch.load(weights_only=True)``.
-    This evaluates on the host (a Python float per step); :class:`lrsched_fused.FusedAdamW` and
-    :class:`lrsched_fused.FusedLAMB` evaluate the same schedules on the device instead.
+    This evaluates on the host (a Python float per step) and *drives* the optimizer by writing
+    ``group["lr"]``; :class:`lrsched_fused.FusedAdamW` and :class:`lrsched_fused.FusedLAMB` evaluate the same
+    schedules on the device instead, and their ``opt.lr_scheduler()``
+    (``lrsched_fused.optim.KernelLRScheduler``) only *follows* that in-kernel schedule for trainers, writing
+    nothing. Use this class with optimizers that are not ours.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule | Sequence[Schedule],
