@@ -79,9 +79,12 @@ NUM_CLOCKS = 2
 CLOCK_NAMES = {CLOCK_STEPS: "steps", CLOCK_TOKENS: "tokens"}
 
 # --- dtype codes -------------------------------------------------------------------------------------
-DT_F32, DT_BF16, DT_F16, DT_F64 = 0, 1, 2, 3
-NUM_DTYPES = 4
-DTYPE_CODES = {"float32": DT_F32, "bfloat16": DT_BF16, "float16": DT_F16, "float64": DT_F64}
+# floating storage types, then the integer codes of compressed state (docs/compressed_state.md): int8
+# first-moment codes, uint8 second-moment codes, int8 / int16 master-weight corrections
+DT_F32, DT_BF16, DT_F16, DT_F64, DT_I8, DT_U8, DT_I16 = 0, 1, 2, 3, 4, 5, 6
+NUM_DTYPES = 7
+DTYPE_CODES = {"float32": DT_F32, "bfloat16": DT_BF16, "float16": DT_F16, "float64": DT_F64, "int8": DT_I8,
+               "uint8": DT_U8, "int16": DT_I16}
 DTYPE_NAMES = {code: name for name, code in DTYPE_CODES.items()}
 
 
@@ -90,7 +93,7 @@ def dtype_code(dtype) -> int:
     kernel stores. (``str(torch.float32)`` is ``"torch.float32"``: no torch import needed here.)"""
     code = DTYPE_CODES.get(str(dtype).removeprefix("torch."))
     if code is None:
-        raise ValueError(f"dtype must be float32, bfloat16, float16 or float64; got {dtype}")
+        raise ValueError(f"dtype must be float32, bfloat16, float16, float64, int8, uint8 or int16; got {dtype}")
     return code
 
 # --- pointer table rows (int64 [PTR_TABLE_ROWS, n]) ------------------------------------------------------
@@ -99,9 +102,40 @@ PTR_GRAD = 1  # gradients (refreshed every step)
 PTR_EXP_AVG = 2  # first moments
 PTR_EXP_AVG_SQ = 3  # second moments
 PTR_MAX_EXP_AVG_SQ = 4  # AdamW amsgrad running maxima, or 0
-PTR_MASTER = 5  # fp32 master weights of bf16/fp16 params, or 0
-PTR_NUMEL = 6  # element counts (not addresses)
-PTR_TABLE_ROWS = 7
+PTR_MASTER = 5  # fp32 master weights of bf16/fp16 params, or their int8/int16 corrections (MASTER_*), or 0
+PTR_EXP_AVG_SCALE = 6  # float32 block scales of int8 first moments, or 0
+PTR_EXP_AVG_SQ_SCALE = 7  # float32 block scales of uint8 second moments, or 0
+PTR_NUMEL = 8  # element counts (not addresses)
+PTR_LAST_DIM = 9  # length of the last dimension: quantization blocks run along it, within a row
+PTR_ELEM_OFFSET = 10  # global index of the tensor's first element (a DTensor shard's offset), for rounding seeds
+PTR_SALT = 11  # the parameter's position in its optimizer (stochastic-rounding seed)
+PTR_TABLE_ROWS = 12
+
+# --- master weights: what row PTR_MASTER holds ----------------------------------------------------------
+MASTER_NONE = 0  # nothing: the parameter itself is updated
+MASTER_FP32 = 1  # an fp32 copy
+MASTER_CORR8 = 2  # an int8 correction: master = bits(fp32(p)) + c << MASTER_SHIFT8_{BF16,F16}
+MASTER_CORR16 = 3  # an int16 correction: master = bits(fp32(p)) + c (exact for bf16)
+MASTER_SHIFT8_BF16 = 8  # fp32 steps per int8 correction step under a bf16 parameter (2**15 / 2**7)
+MASTER_SHIFT8_F16 = 5  # ... under an fp16 parameter (2**12 / 2**7)
+
+# --- compressed moments (docs/compressed_state.md) -------------------------------------------------------
+Q_M_LEVELS = 127  # int8 first moment: m = code * (scale / 127), scale = block max |m|
+Q_V_LEVELS = 255  # uint8 second moment: sqrt(v) = code * (scale / 255), scale = block max sqrt(v)
+QUANT_BLOCK = 256  # default elements per block (along the last dimension, within a row)
+
+# --- stochastic rounding: r = lowbias32(index*K_INDEX ^ clock*K_CLOCK ^ salt*K_SALT ^ stream*K_STREAM) & 0xFFFF
+SR_K_INDEX = 0x9E3779B1
+SR_K_CLOCK = 0x85EBCA77
+SR_K_SALT = 0xC2B2AE3D
+SR_K_STREAM = 0x27D4EB2F
+SR_HASH_M1 = 0x7FEB352D  # lowbias32: x ^= x >> 16; x *= M1; x ^= x >> 15; x *= M2; x ^= x >> 16
+SR_HASH_M2 = 0x846CA68B
+SR_STREAM_PARAM, SR_STREAM_EXP_AVG, SR_STREAM_EXP_AVG_SQ = 0, 1, 2
+
+# --- gradient-norm telemetry: per-step (sum g^2, sum |g|) partials and the history ring --------------------
+GN_SUMSQ, GN_SUMABS = 0, 1
+GN_COLS = 2
 
 # --- LAMB phases (one launch sequence, or two halves around a cross-shard all-reduce) -------------------
 LAMB_FUSED = 0  # stage 1, per-tensor reduction, stage 2

@@ -27,7 +27,7 @@ def header_constants() -> dict[str, int]:
     for name, expr in re.findall(r"constexpr\s+int64_t\s+(\w+)\s*=\s*([^;]+);", HEADER.read_text()):
         expr = expr.strip()
         shift = re.fullmatch(r"int64_t\(1\)\s*<<\s*(\d+)", expr)
-        out[name] = 1 << int(shift.group(1)) if shift else int(expr)
+        out[name] = 1 << int(shift.group(1)) if shift else int(expr, 0)
     return out
 
 

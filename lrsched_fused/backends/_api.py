@@ -87,17 +87,30 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass
 class TensorBatch:
-    """The tensors of one (device, dtype) bucket, as parallel lists (all contiguous, same device).
+    """The tensors of one bucket, as parallel lists (all contiguous, same device).
 
     Attributes:
         params: updated in place (for FSDP2, the local shards). fp32, bf16, fp16 or fp64.
         grads: same shapes and dtype as ``params``; refreshed by the optimizer before each call.
-        exp_avgs, exp_avg_sqs: moments (fp32 for low-precision params by default, else param dtype).
+        exp_avgs, exp_avg_sqs: moments in a floating state dtype, or (compressed state,
+            docs/compressed_state.md) int8 and uint8 codes with ``exp_avg_scales`` / ``exp_avg_sq_scales``.
         max_exp_avg_sqs: AdamW amsgrad running maxima, or ``None``.
-        master_params: fp32 master copies of low-precision params, or ``None``.
+        master_params: fp32 master copies of low-precision params, their int8 / int16 corrections
+            (``master_weights="compact"``), or ``None``. :attr:`master_mode` tells which.
         group_index: int64 ``[n]`` on the device: row of the group tables for each tensor.
         steps: float32 ``[n]`` on the device: each tensor's update count before this step (a view into
             the optimizer's steps buffer; :meth:`Backend.advance` increments it).
+        exp_avg_scales, exp_avg_sq_scales: float32 block scales of int8 / uint8 moments (one per block of
+            ``quant_block`` elements along the last dimension, within a row), or ``None``.
+        last_dims: each tensor's last-dimension length (``None``: its numel: one row).
+        elem_offsets: each tensor's global index of its first element (a DTensor shard's offset; ``None``: 0).
+        salts: each parameter's position in its optimizer (``None``: its index here).
+        quant_block: elements per quantization block.
+        stochastic_rounding: bf16 moments and bf16 params without master weights are stored with
+            stochastic rounding, seeded from the clock, the salt and the global element index.
+        gnorm_out: float32 ``[rows, GN_COLS]`` (``rows`` from ``Backend.gnorm_rows``) or ``None``: the
+            backend writes partial sums of ``g^2`` and ``|g|`` (of ``grad / grad_scale``) into it, every
+            row every call, in a fixed order (the gradient-norm history, ``opt.telemetry_history()``).
         cache: the backend's private cache; cleared by the optimizer when the batch is rebuilt.
     """
 
@@ -109,22 +122,50 @@ class TensorBatch:
     master_params: list[torch.Tensor] | None
     group_index: torch.Tensor
     steps: torch.Tensor
+    exp_avg_scales: list[torch.Tensor] | None = None
+    exp_avg_sq_scales: list[torch.Tensor] | None = None
+    last_dims: list[int] | None = None
+    elem_offsets: list[int] | None = None
+    salts: list[int] | None = None
+    quant_block: int = L.QUANT_BLOCK
+    stochastic_rounding: bool = False
+    gnorm_out: torch.Tensor | None = None
     cache: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.params)
 
+    @property
+    def quantized(self) -> bool:
+        """Moments are int8 / uint8 codes with block scales."""
+        return self.exp_avg_scales is not None
+
+    @property
+    def master_mode(self) -> int:
+        """``layout.MASTER_*``: what ``master_params`` holds."""
+        if self.master_params is None or not self.master_params:
+            return L.MASTER_NONE if self.master_params is None else L.MASTER_FP32
+        return {torch.float32: L.MASTER_FP32, torch.int8: L.MASTER_CORR8,
+                torch.int16: L.MASTER_CORR16}[self.master_params[0].dtype]
+
     def slice(self, lo: int, hi: int) -> "TensorBatch":
         """Tensors ``lo:hi`` as a batch of their own, sharing storage: its ``steps`` and ``group_index``
         are views, so updating the slice and then advancing the whole batch's ``steps`` is the same as
         updating the whole batch (a subset update, e.g. for gradients that become ready early)."""
-        part = (lambda lst: None if lst is None else lst[lo:hi])
+        def part(lst):
+            return None if lst is None else lst[lo:hi]
+
+        salts = self.salts if self.salts is not None else list(range(len(self)))
         return TensorBatch(self.params[lo:hi], self.grads[lo:hi], self.exp_avgs[lo:hi], self.exp_avg_sqs[lo:hi],
                            part(self.max_exp_avg_sqs), part(self.master_params), self.group_index[lo:hi],
-                           self.steps[lo:hi])
+                           self.steps[lo:hi], exp_avg_scales=part(self.exp_avg_scales),
+                           exp_avg_sq_scales=part(self.exp_avg_sq_scales), last_dims=part(self.last_dims),
+                           elem_offsets=part(self.elem_offsets), salts=salts[lo:hi], quant_block=self.quant_block,
+                           stochastic_rounding=self.stochastic_rounding)
 
     def pointer_lists(self) -> list[list[torch.Tensor] | None]:
-        """The tensor lists in pointer-table row order (``layout.PTR_PARAM`` .. ``PTR_MASTER``)."""
+        """The tensor lists in pointer-table row order (the address rows ``layout.PTR_PARAM`` ..
+        ``PTR_EXP_AVG_SQ_SCALE``)."""
         lists: list[list[torch.Tensor] | None] = [None] * L.PTR_NUMEL
         lists[L.PTR_PARAM] = self.params
         lists[L.PTR_GRAD] = self.grads
@@ -132,20 +173,32 @@ class TensorBatch:
         lists[L.PTR_EXP_AVG_SQ] = self.exp_avg_sqs
         lists[L.PTR_MAX_EXP_AVG_SQ] = self.max_exp_avg_sqs
         lists[L.PTR_MASTER] = self.master_params
+        lists[L.PTR_EXP_AVG_SCALE] = self.exp_avg_scales
+        lists[L.PTR_EXP_AVG_SQ_SCALE] = self.exp_avg_sq_scales
         return lists
 
     def pointer_table(self) -> torch.Tensor:
         """The host int64 ``[PTR_TABLE_ROWS, n]`` table every backend reads (see ``kernels/layout.py``):
-        each list's ``data_ptr`` values (0 for an absent list) and the element counts. Built from host
-        metadata only; a backend copies it to its device and caches it (``cached_tables``)."""
+        each list's ``data_ptr`` values (0 for an absent list), the element counts, last-dimension lengths,
+        global element offsets and salts. Built from host metadata only; a backend copies it to its device
+        and caches it (``cached_tables``)."""
         n = len(self)
         rows = [[0] * n if lst is None else [t.data_ptr() for t in lst] for lst in self.pointer_lists()]
+        numels = [p.numel() for p in self.params]
+        rows.append(numels)
+        rows.append(list(self.last_dims) if self.last_dims is not None else [max(k, 1) for k in numels])
+        rows.append(list(self.elem_offsets) if self.elem_offsets is not None else [0] * n)
+        rows.append(list(self.salts) if self.salts is not None else list(range(n)))
         for row, lst in enumerate(rows):
             if len(lst) != n:
                 raise ValueError(f"TensorBatch lists must have the same length; pointer row {row} has {len(lst)} "
-                                 f"tensors, params has {n}")
-        rows.append([p.numel() for p in self.params])
+                                 f"entries, params has {n}")
         return torch.tensor(rows, dtype=torch.int64).reshape(L.PTR_TABLE_ROWS, n)
+
+    def scale_numels(self) -> list[int]:
+        """Block scales per tensor: ``rows * ceil(last_dim / quant_block)``."""
+        dims = self.last_dims if self.last_dims is not None else [max(p.numel(), 1) for p in self.params]
+        return [(p.numel() // d if d else 0) * -(-d // self.quant_block) for p, d in zip(self.params, dims)]
 
     def validate(self) -> None:
         """``ValueError`` unless every list has one contiguous tensor per parameter, on the parameters'
@@ -155,20 +208,34 @@ class TensorBatch:
         if n == 0:
             return
         pdt, sdt, dev = self.params[0].dtype, self.exp_avgs[0].dtype, self.params[0].device
-        checks = [("params", self.params, pdt), ("grads", self.grads, pdt), ("exp_avgs", self.exp_avgs, sdt),
-                  ("exp_avg_sqs", self.exp_avg_sqs, sdt)]
+        numels = [p.numel() for p in self.params]
+        vdt = torch.uint8 if self.quantized else sdt
+        checks = [("params", self.params, pdt, numels), ("grads", self.grads, pdt, numels),
+                  ("exp_avgs", self.exp_avgs, sdt, numels), ("exp_avg_sqs", self.exp_avg_sqs, vdt, numels)]
         if self.max_exp_avg_sqs is not None:
-            checks.append(("max_exp_avg_sqs", self.max_exp_avg_sqs, sdt))
-        if self.master_params is not None:
-            checks.append(("master_params", self.master_params, torch.float32))
-        for label, lst, dt in checks:
+            checks.append(("max_exp_avg_sqs", self.max_exp_avg_sqs, sdt, numels))
+        if self.master_params is not None and self.master_params:
+            checks.append(("master_params", self.master_params, self.master_params[0].dtype, numels))
+            if self.master_params[0].dtype not in (torch.float32, torch.int8, torch.int16):
+                raise ValueError("batch.master_params must be float32 masters or int8 / int16 corrections")
+        if self.quantized:
+            if sdt != torch.int8 or self.exp_avg_sq_scales is None:
+                raise ValueError("compressed moments are int8 exp_avgs and uint8 exp_avg_sqs, each with its scales")
+            if self.max_exp_avg_sqs is not None:
+                raise ValueError("amsgrad has no compressed form: use floating state for it")
+            scales = self.scale_numels()
+            checks += [("exp_avg_scales", self.exp_avg_scales, torch.float32, scales),
+                       ("exp_avg_sq_scales", self.exp_avg_sq_scales, torch.float32, scales)]
+        for label, lst, dt, counts in checks:
             if len(lst) != n:
                 raise ValueError(f"batch.{label} has {len(lst)} tensors; batch.params has {n}")
-            for k, (t, p) in enumerate(zip(lst, self.params)):
-                if t.dtype != dt or t.device != dev or t.numel() != p.numel() or not t.is_contiguous():
+            for k, (t, count) in enumerate(zip(lst, counts)):
+                if t.dtype != dt or t.device != dev or t.numel() != count or not t.is_contiguous():
                     raise ValueError(f"batch.{label}[{k}] must be a contiguous {dt} tensor on {dev} with "
-                                     f"{p.numel()} elements; got {t.dtype} on {t.device}, {t.numel()} elements, "
+                                     f"{count} elements; got {t.dtype} on {t.device}, {t.numel()} elements, "
                                      f"contiguous={t.is_contiguous()}")
+        if self.quantized and (self.quant_block < 1 or self.quant_block & (self.quant_block - 1)):
+            raise ValueError(f"quant_block must be a power of two; got {self.quant_block}")
         for name, t in (("group_index", self.group_index), ("steps", self.steps)):
             if t.numel() != n or t.device != dev or not t.is_contiguous():
                 raise ValueError(f"batch.{name} must be a contiguous tensor of {n} elements on {dev}")
@@ -177,7 +244,7 @@ class TensorBatch:
 
     def _static_lists(self) -> tuple:
         return (self.params, self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs, self.master_params,
-                self.group_index, self.steps)
+                self.group_index, self.steps, self.exp_avg_scales, self.exp_avg_sq_scales, self.gnorm_out)
 
     def cached_tables(self, key: str, build: Callable[[TensorBatch], Any]) -> Any:
         """``cache[key]``: built by ``build(self)`` on first use, and again whenever a list other than
@@ -218,6 +285,10 @@ class StepContext:
         clock: int64 ``[NUM_CLOCKS]`` (updates applied, tokens consumed); read-only until ``advance``.
         found_inf: float32 scalar tensor or ``None``: nonzero means skip the whole step.
         grad_scale: float32 scalar tensor or ``None``: gradients are divided by it (GradScaler).
+        gnorm_partials: float32 ``[rows, GN_COLS]``: every bucket's ``gnorm_out`` rows (``advance`` sums
+            them), or ``None``.
+        history: float32 ``[capacity, GN_COLS]`` ring or ``None``: ``advance`` writes the summed partials
+            into row ``clock[STEPS] % capacity`` unless the step is skipped.
     """
 
     sched: ScheduleTables
@@ -225,6 +296,8 @@ class StepContext:
     clock: torch.Tensor
     found_inf: torch.Tensor | None = None
     grad_scale: torch.Tensor | None = None
+    gnorm_partials: torch.Tensor | None = None
+    history: torch.Tensor | None = None
 
 
 class Backend(Protocol):
@@ -249,10 +322,16 @@ class Backend(Protocol):
     def grad_sumsq(self, batch: TensorBatch, ctx: StepContext) -> torch.Tensor:
         """float32 scalar tensor: sum of squares of the (unscaled) gradients of the batch."""
 
+    def gnorm_rows(self, batch: TensorBatch) -> int:
+        """Rows of ``batch.gnorm_out`` this backend writes (its per-chunk or per-program partial sums; 1 when
+        it reduces them itself). Optional: a backend without it is given no ``gnorm_out``."""
+
     def advance(self, ctx: StepContext, steps: torch.Tensor, lr_out: torch.Tensor,
                 tokens: torch.Tensor | None) -> None:
         """Finish the step: write each group's lr used this step into ``lr_out`` (float32 ``[groups]``);
-        then, unless ``found_inf``: ``steps += 1``, ``clock[STEPS] += 1``, ``clock[TOKENS] += tokens``."""
+        then, unless ``found_inf``: ``history[clock[STEPS] % capacity] = (sum of the gnorm_partials rows,
+        in row order, in float64)`` (when ``ctx.history`` is given), ``steps += 1``, ``clock[STEPS] += 1``,
+        ``clock[TOKENS] += tokens``."""
 
     def evaluate_schedule(self, tables: ScheduleTables, t: torch.Tensor) -> torch.Tensor:
         """float32 values of schedule 0 of ``tables`` at clock values ``t`` (int64)."""

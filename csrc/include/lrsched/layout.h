@@ -45,7 +45,10 @@ constexpr int64_t DT_F32 = 0;
 constexpr int64_t DT_BF16 = 1;
 constexpr int64_t DT_F16 = 2;
 constexpr int64_t DT_F64 = 3;
-constexpr int64_t NUM_DTYPES = 4;
+constexpr int64_t DT_I8 = 4;
+constexpr int64_t DT_U8 = 5;
+constexpr int64_t DT_I16 = 6;
+constexpr int64_t NUM_DTYPES = 7;
 
 // --- pointer table: int64 [PTR_TABLE_ROWS, n], addresses (0 where a list is absent) and element counts
 constexpr int64_t PTR_PARAM = 0;
@@ -54,8 +57,42 @@ constexpr int64_t PTR_EXP_AVG = 2;
 constexpr int64_t PTR_EXP_AVG_SQ = 3;
 constexpr int64_t PTR_MAX_EXP_AVG_SQ = 4;
 constexpr int64_t PTR_MASTER = 5;
-constexpr int64_t PTR_NUMEL = 6;
-constexpr int64_t PTR_TABLE_ROWS = 7;
+constexpr int64_t PTR_EXP_AVG_SCALE = 6;
+constexpr int64_t PTR_EXP_AVG_SQ_SCALE = 7;
+constexpr int64_t PTR_NUMEL = 8;
+constexpr int64_t PTR_LAST_DIM = 9;
+constexpr int64_t PTR_ELEM_OFFSET = 10;
+constexpr int64_t PTR_SALT = 11;
+constexpr int64_t PTR_TABLE_ROWS = 12;
+
+// --- master weights: what row PTR_MASTER holds
+constexpr int64_t MASTER_NONE = 0;
+constexpr int64_t MASTER_FP32 = 1;
+constexpr int64_t MASTER_CORR8 = 2;
+constexpr int64_t MASTER_CORR16 = 3;
+constexpr int64_t MASTER_SHIFT8_BF16 = 8;
+constexpr int64_t MASTER_SHIFT8_F16 = 5;
+
+// --- compressed moments (docs/compressed_state.md)
+constexpr int64_t Q_M_LEVELS = 127;
+constexpr int64_t Q_V_LEVELS = 255;
+constexpr int64_t QUANT_BLOCK = 256;
+
+// --- stochastic rounding seed hash
+constexpr int64_t SR_K_INDEX = 0x9E3779B1;
+constexpr int64_t SR_K_CLOCK = 0x85EBCA77;
+constexpr int64_t SR_K_SALT = 0xC2B2AE3D;
+constexpr int64_t SR_K_STREAM = 0x27D4EB2F;
+constexpr int64_t SR_HASH_M1 = 0x7FEB352D;
+constexpr int64_t SR_HASH_M2 = 0x846CA68B;
+constexpr int64_t SR_STREAM_PARAM = 0;
+constexpr int64_t SR_STREAM_EXP_AVG = 1;
+constexpr int64_t SR_STREAM_EXP_AVG_SQ = 2;
+
+// --- gradient-norm telemetry
+constexpr int64_t GN_SUMSQ = 0;
+constexpr int64_t GN_SUMABS = 1;
+constexpr int64_t GN_COLS = 2;
 
 // --- LAMB phases
 constexpr int64_t LAMB_FUSED = 0;
