@@ -119,6 +119,7 @@ def _in(mod: str, *prefixes: str) -> bool:
 #: layers, top to bottom; a module may import its own layer's modules and any layer below
 LAYERS = [
     ("face", [PKG, f"{PKG}.__main__", f"{PKG}.cli", f"{PKG}.demo", f"{PKG}.plot"]),
+    ("release", [f"{PKG}.release"]),
     ("optim", [f"{PKG}.optim"]),
     ("checkpoint", [f"{PKG}.checkpoint"]),
     ("functional", [f"{PKG}.functional"]),
