@@ -14,18 +14,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lrsched_fused import schedules as S
-from lrsched_fused.predict import AnnealingLaw, Curve, areas, cumulative_areas, read_curve, warmup_updates, write_curve
+from lrsched_fused.predict import AnnealingLaw, Curve, areas, cumulative_areas, lr_drops, read_curve, write_curve
 from lrsched_fused.schedules import Phase
 
 
 def loop_areas(lrs, decay):
-    """The definition as a loop: ``m_i = decay m_{i-1} + (lr_{i-1} - lr_i)``, ``lr_0 = lr_1``, ``m`` held at 0
-    over the leading non-decreasing run of the lrs."""
-    s1, s2, m, total1, total2, rising = [0.0], [0.0], 0.0, 0.0, 0.0, True
+    """The definition as a loop: ``m_i = decay m_{i-1} + (lr_{i-1} - lr_i)``, ``lr_0 = lr_1``, where a rise above
+    every earlier lr (warmup) counts only up to that maximum."""
+    s1, s2, m, total1, total2, top = [0.0], [0.0], 0.0, 0.0, 0.0, None
     for i, lr in enumerate(lrs):
         prev = lrs[i - 1] if i else lr
-        rising = rising and lr >= prev
-        m = 0.0 if rising else decay * m + (prev - lr)
+        top = lr if top is None else top
+        m = decay * m + (prev - min(lr, top))
+        top = max(top, lr)
         total1 += lr
         total2 += m
         s1.append(total1)
@@ -54,9 +55,10 @@ def test_areas_by_hand(sched, decay, s1, s2):
     np.testing.assert_allclose(got2, s2, rtol=1e-12, atol=1e-15)
 
 
-def test_warmup_is_the_leading_non_decreasing_run():
-    assert warmup_updates(np.array([0.0, 0.5, 0.5, 1.0, 0.9, 1.0])) == 4
-    assert warmup_updates(np.array([1.0, 1.0])) == 2 and warmup_updates(np.array([1.0, 0.5])) == 1
+def test_warmup_is_every_rise_above_the_earlier_maximum():
+    # 0 -> .5 (warmup), .4 (a dip: counts), .6 (back to .5 cancels the dip; .5 -> .6 is warmup), .5 (counts)
+    np.testing.assert_allclose(lr_drops([0.0, 0.5, 0.4, 0.6, 0.5]), [0, 0, 0.1, -0.1, 0.1], atol=1e-15)
+    assert lr_drops([1.0]).tolist() == [0.0] and lr_drops([0.1, 0.2, 0.3]).tolist() == [0.0, 0.0, 0.0]
 
 
 @given(lrs=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=300), decay=st.sampled_from([0.0, 0.5, 0.9, 0.999]))

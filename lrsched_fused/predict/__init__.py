@@ -13,10 +13,10 @@ decay branches in :meth:`lrsched_fused.schedules.Schedule.branch`. Layer: above 
 and numpy), below the optimizers (it never imports them).
 """
 
-from ._areas import areas, cumulative_areas, lr_sequence, warmup_updates
+from ._areas import areas, cumulative_areas, lr_drops, lr_sequence
 from ._curves import COLUMNS, Curve, read_curve, write_curve
 from ._law import AnnealingLaw, Run
 from ._report import CurveFit, fit_curves
 
-__all__ = ["AnnealingLaw", "Run", "areas", "cumulative_areas", "lr_sequence", "warmup_updates", "Curve",
+__all__ = ["AnnealingLaw", "Run", "areas", "cumulative_areas", "lr_sequence", "lr_drops", "Curve",
            "read_curve", "write_curve", "COLUMNS", "fit_curves", "CurveFit"]

@@ -4,14 +4,15 @@ Indexing (the project's): update ``i = 1, 2, ...`` uses ``lr_i = schedule(i - 1)
 is the loss after ``s`` updates. Then
 
 * ``S1(s) = sum_{i <= s} lr_i``, the forward area;
-* ``S2(s) = sum_{i <= s} m_i``, the annealing area, ``m_i = decay * m_{i-1} + (lr_{i-1} - lr_i)``,
-  ``m_0 = 0`` and ``lr_0 = lr_1`` (so a constant schedule has ``S2 = 0``).
+* ``S2(s) = sum_{i <= s} m_i``, the annealing area, ``m_i = decay * m_{i-1} + d_i`` with ``d_i = lr_{i-1} -
+  lr_i`` (warmup aside, below), ``m_0 = 0`` and ``lr_0 = lr_1`` (so a constant schedule has ``S2 = 0``).
 
-Warmup: the lr sequence's leading non-decreasing run (updates ``1..w``, where ``lr_{w+1} < lr_w`` is the
-first decrease; the whole run if the lr never decreases) is the warmup. There ``m_i = 0``: the rising lr
-adds no negative annealing area, while ``S1`` counts every update. After it every change counts, a later
-rise (a re-warm) included, which lowers ``S2`` as the law's own formula says. For warmup-stable-decay
-schedules the "warmup" so defined also covers the stable phase, where ``lr_{i-1} - lr_i = 0`` anyway.
+Warmup: a rise of the lr above every earlier lr (a new running maximum) is warmup, and adds no annealing
+area: ``d_i = lr_{i-1} - min(lr_i, max(lr_1..lr_{i-1}))``. So ``m`` stays 0 through a warmup (also one with
+plateaus or dips: a dip counts, and climbing back to the earlier maximum cancels it), ``S1`` counts every
+update, and every change below the running maximum counts, a re-warm after a decay included (it makes ``m``
+negative and lowers ``S2``, as the law's formula says). The rule is causal: ``S2(s)`` depends on the lrs up
+to ``s`` only.
 
 ``m`` is a first-order linear recurrence; it is computed with a log-depth scan (``m_i = sum_{j <= i}
 decay^(i-j) d_j`` built by doubling), in float64, every step (no subsampling).
@@ -26,7 +27,7 @@ import numpy as np
 
 from lrsched_fused.schedules import Schedule
 
-__all__ = ["lr_sequence", "cumulative_areas", "areas", "warmup_updates", "check_decay"]
+__all__ = ["lr_sequence", "cumulative_areas", "areas", "lr_drops", "check_decay"]
 
 
 def check_decay(decay: Any) -> float:
@@ -83,10 +84,14 @@ def lr_sequence(schedule: Any, n: int) -> np.ndarray:
     return lrs
 
 
-def warmup_updates(lrs: np.ndarray) -> int:
-    """``w``: the updates of the lr sequence's leading non-decreasing run (``len(lrs)`` if it never decreases)."""
-    drops = np.flatnonzero(np.diff(lrs) < 0)
-    return int(drops[0]) + 1 if drops.size else int(len(lrs))
+def lr_drops(lrs: Any) -> np.ndarray:
+    """``d_i``, the lr drop that update ``i`` adds to the annealing momentum: ``lr_{i-1} - lr_i``, except that
+    a rise above every earlier lr (warmup) counts only up to that maximum; ``d_1 = 0``."""
+    lr = np.asarray(lrs, dtype=np.float64)
+    d = np.zeros(lr.size)
+    if lr.size > 1:
+        d[1:] = lr[:-1] - np.minimum(lr[1:], np.maximum.accumulate(lr)[:-1])
+    return d
 
 
 def _scan(d: np.ndarray, decay: float) -> np.ndarray:
@@ -105,10 +110,7 @@ def cumulative_areas(lrs: Any, decay: float = 0.999) -> tuple[np.ndarray, np.nda
     ``n + 1``; both are 0 at ``s = 0``)."""
     decay = check_decay(decay)
     lr = np.asarray(lrs, dtype=np.float64)
-    d = np.zeros(lr.size)
-    d[1:] = lr[:-1] - lr[1:]
-    d[:warmup_updates(lr)] = 0.0
-    m = _scan(d, decay)
+    m = _scan(lr_drops(lr), decay)
     zero = np.zeros(1)
     return np.concatenate([zero, np.cumsum(lr)]), np.concatenate([zero, np.cumsum(m)])
 
