@@ -244,7 +244,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
         decay = max(1, int(round(h.decay_fraction * budget)))
         sched = fit_scheds[0][1].branch(budget - decay, decay, "1-sqrt")
         branches.append({"budget": budget, "at_step": budget - decay, "decay_steps": decay,
-                         "predicted": float(law.predict(sched, [budget])[0])})
+                         "predicted": float(law_fit.predict(sched, [budget])[0])})
 
     text = "\n\n".join([prediction_table(predictions, law, law_fit, start),
                         refinement_table(comparison, seeds, refined, cfg.smoothing), _branch_table(branches)])
@@ -259,7 +259,8 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
     (trainer.out / "study.md").write_text(text + "\n")
     paths.insert(0, trainer.out / "study.md")
     try:
-        paths.append(plot_study(trainer.out / "study.png", trainer.runs, law, fit_scheds, held_scheds, start, h.steps))
+        paths.append(plot_study(trainer.out / "study.png", trainer.runs, law_fit, fit_scheds, held_scheds, start,
+                                h.steps))
     except ImportError:
         echo("matplotlib is not installed: no figure (pip install 'lrsched-fused[demo]')")
     echo("")
@@ -270,8 +271,8 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
 
 
 def _branch_table(rows: list[dict]) -> str:
-    lines = ["Loss versus budget from one stable run (the law's prediction for 1-sqrt decay branches of the constant "
-             "run, 20% decay):", "", "| budget (steps) | branch at step | decay steps | predicted final loss |",
+    lines = ["Loss versus budget from one stable run (the law with lambda fitted, predicting 1-sqrt decay branches of "
+             "the constant run, 20% decay):", "", "| budget (steps) | branch at step | decay steps | predicted final loss |",
              "|---:|---:|---:|---:|"]
     lines += [f"| {r['budget']} | {r['at_step']} | {r['decay_steps']} | {r['predicted']:.3f} |" for r in rows]
     return "\n".join(lines)

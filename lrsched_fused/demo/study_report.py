@@ -19,17 +19,20 @@ __all__ = ["prediction_table", "refinement_table", "plot_study", "save_study"]
 
 def prediction_table(rows: Sequence[dict], law: AnnealingLaw, law_fit: AnnealingLaw, start: int) -> str:
     """Final validation loss, predicted (lambda fixed and fitted) against actual, per held-out schedule."""
-    worst = max(abs(r["fixed_error"]) for r in rows if r["schedule"] != "refined")
     lines = [f"Loss prediction: the annealing law fitted to the fit runs' validation losses at steps >= {start}, "
              "then the final validation loss of schedules it did not see:", "",
              f"  lambda fixed:  {law.describe()}", f"  lambda fitted: {law_fit.describe()}", "",
-             "| schedule | actual | predicted (lambda 0.999) | error | predicted (lambda fitted) | error |",
+             f"| schedule | actual | predicted (lambda {law.decay:g}) | error | predicted (lambda fitted) | error |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['schedule']} | {r['actual']:.4f} | {r['fixed']:.4f} | {100 * r['fixed_error']:+.2f}% | "
                      f"{r['fitted']:.4f} | {100 * r['fitted_error']:+.2f}% |")
-    lines += ["", f"Largest final-loss error on the held-out schedules (lambda 0.999): {100 * worst:.2f}%; fit residual "
-              f"(rms of log L residuals) {100 * law.residual:.2f}% over {law.points} points."]
+    held = [r for r in rows if r["schedule"] != "refined"]
+    worst = {key: max(abs(r[f"{key}_error"]) for r in held) for key in ("fixed", "fitted")}
+    lines += ["", f"Largest final-loss error on the {len(held)} held-out schedules: {100 * worst['fixed']:.2f}% with lambda "
+              f"{law.decay:g} (fit residual {100 * law.residual:.2f}%), {100 * worst['fitted']:.2f}% with lambda fitted "
+              f"({law_fit.decay:.4g}; fit residual {100 * law_fit.residual:.2f}%); residual: rms of the log-loss "
+              f"residuals over the {law.points} fitted points."]
     return "\n".join(lines)
 
 
@@ -54,8 +57,8 @@ def _val(run: StudyRun) -> tuple[list[int], list[float]]:
 
 def plot_study(path: str | Path, runs: Sequence[StudyRun], law: AnnealingLaw, fit: Sequence[tuple[str, Schedule]],
                held: Sequence[tuple[str, Schedule]], start: int, steps: int) -> Path:
-    """Three panels: the schedules; the law's predicted validation curves (lines) against the measured ones
-    (markers), fit and held-out runs; the refined schedule's runs against WSD and cosine, every seed."""
+    """Three panels: the schedules; ``law``'s fitted and predicted validation curves (lines) against the measured
+    ones (markers); the refined schedule's runs against WSD and cosine, every seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +85,8 @@ def plot_study(path: str | Path, runs: Sequence[StudyRun], law: AnnealingLaw, fi
                      label=f"{label} ({kind})")
     ax_pred.axvline(start, color="0.6", linestyle=":", linewidth=1)
     ax_pred.set_ylabel("validation loss")
-    ax_pred.set_title("annealing law: fitted / predicted (lines) vs measured (dots)", fontsize=9)
+    ax_pred.set_title(f"annealing law (lambda {law.decay:.4g}): fitted / predicted (lines) vs measured (dots)",
+                      fontsize=9)
     vals = [v for r in first.values() for k, v in r.result.val.items() if k >= start]
     if vals:
         lo, hi = min(vals), max(vals)
