@@ -335,8 +335,10 @@ class ReleaseHandle:
                 updated.extend(range(b.lo, b.hi))
             else:
                 whole = False
-                if b.count:
-                    members = [j for j, r in enumerate(b.ready) if r]
+                # the members whose hook fired, and those that hold a gradient accumulated by an earlier pass
+                # of this step but got none in this one (their hook did not fire now)
+                members = [j for j, (r, p) in enumerate(zip(b.ready, b.params)) if r or p.grad is not None]
+                if members:
                     self._update(b, members)
                     updated.extend(b.lo + j for j in members)
             b.ready = [False] * len(b.params)
