@@ -15,7 +15,7 @@ import functools
 
 import triton
 
-__all__ = ["device_jit"]
+__all__ = ["device_jit", "interpreting"]
 
 
 class _InterpretedDeviceFunction:
@@ -38,3 +38,16 @@ def device_jit(fn):
     if type(jitted).__name__ == "InterpretedFunction" and hasattr(jitted, "rewrite"):
         return _InterpretedDeviceFunction(jitted)
     return jitted
+
+
+def _probe():
+    pass
+
+
+_INTERPRETING = type(triton.jit(_probe)).__name__ == "InterpretedFunction"
+
+
+def interpreting() -> bool:
+    """Whether ``triton.jit`` makes interpreted functions here (``TRITON_INTERPRET=1`` was set when the kernels
+    were first imported)."""
+    return _INTERPRETING

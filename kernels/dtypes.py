@@ -13,6 +13,11 @@ which is what ``torch``'s cast does, on a GPU and in the Triton interpreter alik
 float32 -> bfloat16 cast truncates). float16 uses the native cast (round to nearest even on the GPU,
 numpy's correctly rounded cast in the interpreter). float64 values are narrowed through float32, as
 ``torch`` does for ``double -> bfloat16/half``.
+
+The integer codes of compressed state (``DT_I8`` int8 first-moment codes and master corrections,
+``DT_U8`` uint8 second-moment codes, ``DT_I16`` int16 corrections; ``docs/compressed_state.md``) load as
+their exact value in the compute type and store from integer tensors (the codecs in :mod:`.quant` produce
+in-range int32 codes, so the narrowing is exact).
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ import triton.language as tl
 from ._jit import device_jit
 from . import layout as L
 
-__all__ = ["DT_F32", "DT_BF16", "DT_F16", "DT_F64", "dtype_code", "typed_ptr", "load_as", "store_as",
-           "round_to_state", "to_compute", "precise_sqrt", "precise_div"]
+__all__ = ["DT_F32", "DT_BF16", "DT_F16", "DT_F64", "DT_I8", "DT_U8", "DT_I16", "dtype_code", "typed_ptr", "load_as",
+           "store_as", "round_to_state", "to_compute", "precise_sqrt", "precise_div", "bf16_bits", "bf16_value"]
 
 DT_F32 = tl.constexpr(L.DT_F32)
 DT_BF16 = tl.constexpr(L.DT_BF16)
 DT_F16 = tl.constexpr(L.DT_F16)
 DT_F64 = tl.constexpr(L.DT_F64)
+DT_I8 = tl.constexpr(L.DT_I8)
+DT_U8 = tl.constexpr(L.DT_U8)
+DT_I16 = tl.constexpr(L.DT_I16)
 
 _BF16_HALF = tl.constexpr(0x7FFF)
 _BF16_NAN = tl.constexpr(0x7FC0)
@@ -47,6 +55,12 @@ def typed_ptr(addr, DT: tl.constexpr):
         return addr.to(tl.pointer_type(tl.uint16))
     elif DT == DT_F16:
         return addr.to(tl.pointer_type(tl.float16))
+    elif DT == DT_I8:
+        return addr.to(tl.pointer_type(tl.int8))
+    elif DT == DT_U8:
+        return addr.to(tl.pointer_type(tl.uint8))
+    elif DT == DT_I16:
+        return addr.to(tl.pointer_type(tl.int16))
     else:
         return addr.to(tl.pointer_type(tl.float64))
 
@@ -61,7 +75,7 @@ def to_compute(x, F64: tl.constexpr):
 
 
 @device_jit
-def _bf16_bits(x):
+def bf16_bits(x):
     """float32 -> bfloat16 bit pattern (uint32 holding 16 bits), rounded to nearest even."""
     u = x.to(tl.uint32, bitcast=True)
     r = (u + _BF16_HALF + ((u >> 16) & 1)) >> 16
@@ -69,7 +83,7 @@ def _bf16_bits(x):
 
 
 @device_jit
-def _bf16_value(bits):
+def bf16_value(bits):
     """bfloat16 bit pattern (any unsigned int type) -> float32, exact."""
     return (bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
 
@@ -82,7 +96,7 @@ def load_as(ptr, offs, mask, DT: tl.constexpr, F64: tl.constexpr, MASKED: tl.con
     else:
         raw = tl.load(ptr + offs)
     if DT == DT_BF16:
-        x = _bf16_value(raw)
+        x = bf16_value(raw)
     else:
         x = raw
     return to_compute(x, F64)
@@ -90,15 +104,22 @@ def load_as(ptr, offs, mask, DT: tl.constexpr, F64: tl.constexpr, MASKED: tl.con
 
 @device_jit
 def _narrow(x, DT: tl.constexpr):
-    """A compute-type value as the stored representation of dtype code ``DT``."""
-    if DT == DT_F64:
+    """A compute-type value as the stored representation of dtype code ``DT`` (integer codes: from an
+    integer tensor holding in-range values)."""
+    if DT == DT_I8:
+        return x.to(tl.int8)
+    elif DT == DT_U8:
+        return x.to(tl.uint8)
+    elif DT == DT_I16:
+        return x.to(tl.int16)
+    elif DT == DT_F64:
         return x.to(tl.float64)
     elif DT == DT_F32:
         return x.to(tl.float32)
     elif DT == DT_F16:
         return x.to(tl.float32).to(tl.float16)
     else:
-        return _bf16_bits(x.to(tl.float32)).to(tl.uint16)
+        return bf16_bits(x.to(tl.float32)).to(tl.uint16)
 
 
 @device_jit
@@ -116,7 +137,7 @@ def round_to_state(x, DT: tl.constexpr, F64: tl.constexpr):
     """``x`` rounded to dtype code ``DT`` and widened back to the compute type (what a store then a
     load would give)."""
     if DT == DT_BF16:
-        return to_compute(_bf16_value(_bf16_bits(x.to(tl.float32))), F64)
+        return to_compute(bf16_value(bf16_bits(x.to(tl.float32))), F64)
     elif DT == DT_F16:
         return to_compute(x.to(tl.float32).to(tl.float16), F64)
     elif DT == DT_F32:
