@@ -60,13 +60,23 @@ def test_compiled_extension_uses_the_same_layout():
 @pytest.mark.cpu_ext
 @pytest.mark.skipif(importlib.util.find_spec("lrsched_fused._cpu") is None, reason="CPU extension not built")
 def test_compiled_extension_supports_the_documented_dtype_combinations():
-    """``_cpu.supported`` (csrc/include/lrsched/dtypes.h, shared with the CUDA sources) takes layout codes."""
+    """``_cpu.supported`` (csrc/include/lrsched/dtypes.h, shared with the CUDA sources) takes layout codes and a
+    ``MASTER_*`` mode (``False`` / ``True`` are ``MASTER_NONE`` / ``MASTER_FP32``); int8 moments
+    (docs/compressed_state.md) report the code of ``exp_avg``, int8."""
     import torch  # noqa: F401  (torch first: one OpenMP runtime)
     from lrsched_fused import _cpu  # noqa: E402
 
-    want = {("float32", "float32", False), ("float32", "bfloat16", False), ("float64", "float64", False)}
+    none, fp32, corr = L.MASTER_NONE, L.MASTER_FP32, (L.MASTER_CORR8, L.MASTER_CORR16)
+    want = {("float32", "float32", none), ("float32", "bfloat16", none), ("float64", "float64", none),
+            ("float32", "int8", none)}
     want |= {(p, s, m) for p, s in [("bfloat16", "float32"), ("bfloat16", "bfloat16"), ("float16", "float32"),
-                                    ("float16", "float16")] for m in (False, True)}
-    got = {(p, s, m) for p in L.DTYPE_CODES for s in L.DTYPE_CODES for m in (False, True)
+                                    ("float16", "float16"), ("bfloat16", "int8"), ("float16", "int8")]
+             for m in (none, fp32, *corr)}
+    modes = (none, fp32, *corr)
+    got = {(p, s, m) for p in L.DTYPE_CODES for s in L.DTYPE_CODES for m in modes
            if _cpu.supported(L.DTYPE_CODES[p], L.DTYPE_CODES[s], m)}
     assert got == want
+    for p in L.DTYPE_CODES.values():
+        for s in L.DTYPE_CODES.values():
+            assert _cpu.supported(p, s, False) == _cpu.supported(p, s, none)
+            assert _cpu.supported(p, s, True) == _cpu.supported(p, s, fp32)

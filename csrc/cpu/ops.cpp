@@ -80,16 +80,37 @@ struct Offsets {
     elem[0] = chunk[0] = 0;
     for (int64_t i = 0; i < tt.n; ++i) {
       elem[i + 1] = elem[i] + tt.numel[i];
-      chunk[i + 1] = chunk[i] + (tt.numel[i] + kChunkElems - 1) / kChunkElems;
+      chunk[i + 1] = chunk[i] + chunk_count(tt, i);
     }
   }
   // Chunks are the unit of parallel work, so more threads than chunks only add fork/join cost (which is
   // large on an oversubscribed machine). Results do not depend on the thread count.
-  Work work(const TensorTable& tt, int threads) const {
+  Work work(const TensorTable& tt, int threads, const StepTables* st = nullptr, double* gnorm = nullptr) const {
     const int64_t chunks = chunk[tt.n];
     int64_t t = threads < 1 ? 1 : threads;
     if (t > chunks) t = chunks < 1 ? 1 : chunks;
-    return Work{&tt, elem.data(), chunk.data(), static_cast<int>(t)};
+    const uint32_t clock32 = st && st->clock ? static_cast<uint32_t>(st->clock[layout::CLOCK_STEPS]) : 0u;
+    return Work{&tt, elem.data(), chunk.data(), static_cast<int>(t), clock32, gnorm};
+  }
+};
+
+/// Per-chunk gradient-norm partials [chunks, GN_COLS], and their bucket total into ``out`` (float32
+/// [1, GN_COLS]): chunks in order, float64, scaled by 1 / grad_scale (squares by its square).
+struct GnormPartials {
+  std::vector<double> chunks;
+  float* out;
+  GnormPartials(const Offsets& off, float* out_) : chunks(out_ ? layout::GN_COLS * off.chunk.back() : 0), out(out_) {}
+  double* data() { return out ? chunks.data() : nullptr; }
+  void finish(const float* grad_scale) const {
+    if (!out) return;
+    double sq = 0.0, ab = 0.0;
+    for (size_t k = 0; k < chunks.size(); k += layout::GN_COLS) {
+      sq += chunks[k + layout::GN_SUMSQ];
+      ab += chunks[k + layout::GN_SUMABS];
+    }
+    const double inv = grad_scale ? 1.0 / static_cast<double>(*grad_scale) : 1.0;
+    out[layout::GN_SUMSQ] = static_cast<float>(sq * (inv * inv));
+    out[layout::GN_SUMABS] = static_cast<float>(ab * inv);
   }
 };
 
@@ -119,6 +140,11 @@ std::vector<C> per_tensor(const TensorTable& tt, const StepTables& st, Make make
   return out;
 }
 
+void zero_gnorm(float* gnorm_out) {
+  if (gnorm_out)
+    for (int64_t c = 0; c < layout::GN_COLS; ++c) gnorm_out[c] = 0.0f;
+}
+
 double inv_scale(const float* grad_scale, const float* clip_div) {
   double s = 1.0;
   if (grad_scale) s *= static_cast<double>(*grad_scale);
@@ -127,14 +153,20 @@ double inv_scale(const float* grad_scale, const float* clip_div) {
 }
 
 template <class T>
-void adamw_t(const TensorTable& tt, const StepTables& st, bool amsgrad, int threads) {
-  const std::vector<double> lr = group_lrs(st);
-  const double inv = inv_scale(st.grad_scale, nullptr);
-  const auto coeffs = per_tensor<AdamWCoeffs<T>>(tt, st, [&](int64_t g, double step) {
-    return adamw_coeffs<T>(lr[g], st.hparams + g * layout::HP_COLS, step, inv);
-  });
+void adamw_t(const TensorTable& tt, const StepTables& st, bool amsgrad, int threads, float* gnorm_out) {
   const Offsets off(tt);
-  g_kernels->adamw(off.work(tt, threads), coeffs.data(), amsgrad);
+  GnormPartials gn(off, gnorm_out);
+  if (step_skipped(st)) {  // nothing is updated; the gradient norms are still reported
+    if (gnorm_out) g_kernels->gnorm(off.work(tt, threads, &st, gn.data()));
+  } else {
+    const std::vector<double> lr = group_lrs(st);
+    const double inv = inv_scale(st.grad_scale, nullptr);
+    const auto coeffs = per_tensor<AdamWCoeffs<T>>(tt, st, [&](int64_t g, double step) {
+      return adamw_coeffs<T>(lr[g], st.hparams + g * layout::HP_COLS, step, inv);
+    });
+    g_kernels->adamw(off.work(tt, threads, &st, gn.data()), coeffs.data(), amsgrad);
+  }
+  gn.finish(st.grad_scale);
 }
 
 /// kLambHotElems, or LRSCHED_CPU_LAMB_HOT (read once; for tuning experiments only).
@@ -148,7 +180,7 @@ int64_t lamb_hot_elems() {
 
 template <class T>
 void lamb_t(const TensorTable& tt, const StepTables& st, const float* clip_div, int64_t phase, float* sums,
-            float* norms_out, void* scratch, int64_t scratch_elems, int threads) {
+            float* norms_out, void* scratch, int64_t scratch_elems, int threads, float* gnorm_out) {
   const std::vector<double> lr = group_lrs(st);
   const double inv = inv_scale(st.grad_scale, clip_div);
   const auto coeffs = per_tensor<LambCoeffs<T>>(tt, st, [&](int64_t g, double step) {
@@ -162,6 +194,7 @@ void lamb_t(const TensorTable& tt, const StepTables& st, const float* clip_div, 
   }
   const Offsets off(tt);
   std::vector<double> partials(2 * off.chunk[tt.n] + 2);
+  GnormPartials gn(off, phase == layout::LAMB_STAGE2 ? nullptr : gnorm_out);  // stage 1 reads the gradients
   // large tensors (more than a quarter of a thread's share) are updated by all threads together, the
   // others one tensor per thread, largest first (scheduling only: the bits do not depend on it)
   std::vector<int64_t> coop, rest;
@@ -186,40 +219,48 @@ void lamb_t(const TensorTable& tt, const StepTables& st, const float* clip_div, 
   a.partials = partials.data();
   a.sums = sums;
   a.norms_out = norms_out;
-  g_kernels->lamb(off.work(tt, threads), a);
+  g_kernels->lamb(off.work(tt, threads, &st, gn.data()), a);
+  gn.finish(st.grad_scale);
 }
 
 /// One LAMB phase (layout::LAMB_*) in the compute type of the parameters.
 void lamb_phase(const TensorTable& tt, const StepTables& st, const float* clip_div, int64_t phase, float* sums,
-                float* norms_out, void* scratch, int64_t scratch_elems, int threads) {
-  if (tt.n == 0) return;
+                float* norms_out, void* scratch, int64_t scratch_elems, int threads, float* gnorm_out) {
+  if (tt.n == 0) {
+    zero_gnorm(gnorm_out);
+    return;
+  }
   if (tt.pdtype == layout::DT_F64)
-    lamb_t<double>(tt, st, clip_div, phase, sums, norms_out, scratch, scratch_elems, threads);
+    lamb_t<double>(tt, st, clip_div, phase, sums, norms_out, scratch, scratch_elems, threads, gnorm_out);
   else
-    lamb_t<float>(tt, st, clip_div, phase, sums, norms_out, scratch, scratch_elems, threads);
+    lamb_t<float>(tt, st, clip_div, phase, sums, norms_out, scratch, scratch_elems, threads, gnorm_out);
 }
 
 }  // namespace
 
-void adamw(const TensorTable& tt, const StepTables& st, bool amsgrad, int threads) {
-  if (step_skipped(st) || tt.n == 0) return;
-  if (tt.pdtype == layout::DT_F64) adamw_t<double>(tt, st, amsgrad, threads);
-  else adamw_t<float>(tt, st, amsgrad, threads);
+void adamw(const TensorTable& tt, const StepTables& st, bool amsgrad, int threads, float* gnorm_out) {
+  if (tt.n == 0) {
+    zero_gnorm(gnorm_out);
+    return;
+  }
+  if (tt.pdtype == layout::DT_F64) adamw_t<double>(tt, st, amsgrad, threads, gnorm_out);
+  else adamw_t<float>(tt, st, amsgrad, threads, gnorm_out);
 }
 
 void lamb(const TensorTable& tt, const StepTables& st, const float* clip_div, float* norms_out, void* scratch,
-          int64_t scratch_elems, int threads) {
-  lamb_phase(tt, st, clip_div, layout::LAMB_FUSED, nullptr, norms_out, scratch, scratch_elems, threads);
+          int64_t scratch_elems, int threads, float* gnorm_out) {
+  lamb_phase(tt, st, clip_div, layout::LAMB_FUSED, nullptr, norms_out, scratch, scratch_elems, threads, gnorm_out);
 }
 
-void lamb_stage1(const TensorTable& tt, const StepTables& st, const float* clip_div, float* sums, int threads) {
-  lamb_phase(tt, st, clip_div, layout::LAMB_STAGE1, sums, nullptr, nullptr, 0, threads);
+void lamb_stage1(const TensorTable& tt, const StepTables& st, const float* clip_div, float* sums, int threads,
+                 float* gnorm_out) {
+  lamb_phase(tt, st, clip_div, layout::LAMB_STAGE1, sums, nullptr, nullptr, 0, threads, gnorm_out);
 }
 
 void lamb_stage2(const TensorTable& tt, const StepTables& st, const float* clip_div, const float* sums,
                  float* norms_out, int threads) {
   float* s = const_cast<float*>(sums);  // read only in stage 2
-  lamb_phase(tt, st, clip_div, layout::LAMB_STAGE2, s, norms_out, nullptr, 0, threads);
+  lamb_phase(tt, st, clip_div, layout::LAMB_STAGE2, s, norms_out, nullptr, 0, threads, nullptr);
 }
 
 void grad_sumsq(const TensorTable& tt, const float* grad_scale, float* out, int threads) {
@@ -233,8 +274,8 @@ void grad_sumsq(const TensorTable& tt, const float* grad_scale, float* out, int 
 }
 
 void advance(const StepTables& st, float* steps, int64_t nsteps, float* lr_out, int64_t* clock,
-             const int64_t* tokens) {
-  advance_step(st, steps, nsteps, lr_out, clock, tokens);
+             const int64_t* tokens, const GnormHistory& gnorm) {
+  advance_step(st, steps, nsteps, lr_out, clock, tokens, gnorm);
 }
 
 void evaluate_schedule(const int64_t* ints, const double* floats, int64_t first, int64_t rows, const int64_t* t,

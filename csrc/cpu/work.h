@@ -5,20 +5,50 @@
 #include <cstdint>
 
 #include <lrsched/layout.h>
+#include <lrsched/quant.h>
 
 #include "api.h"
 
 namespace lrsched {
 namespace cpu {
 
-/// How work is cut: fixed chunks of kChunkElems elements per tensor (independent of the thread count),
-/// numbered globally: chunk k of the bucket belongs to tensor i with chunk_off[i] <= k < chunk_off[i+1].
+/// How work is cut: fixed chunks per tensor (independent of the thread count), numbered globally: chunk k
+/// of the bucket belongs to tensor i with chunk_off[i] <= k < chunk_off[i+1]. A chunk is kChunkElems
+/// elements, or, for int8 moments, kChunkElems / quant_block whole quantization blocks (row-major over
+/// the rows and the blocks of each row: quant.h QuantGeometry), so no block straddles two chunks.
 struct Work {
   const TensorTable* tt;
   const int64_t* elem_off;   // [n + 1] prefix sums of numel
   const int64_t* chunk_off;  // [n + 1] prefix sums of chunk counts
   int threads;
+  uint32_t clock32;          // clock[STEPS] (low 32 bits): the stochastic-rounding seeds' clock
+  double* gnorm;             // [chunks, GN_COLS] per-chunk sums of g^2 and |g| of the raw gradients, or null
 };
+
+/// Chunks of tensor i.
+static inline int64_t chunk_count(const TensorTable& tt, int64_t i) {
+  if (!quantized(tt)) return (tt.numel[i] + kChunkElems - 1) / kChunkElems;
+  const QuantGeometry q = quant_geometry(tt.numel[i], last_dim_of(tt, i), tt.quant_block);
+  const int64_t per = kChunkElems / q.qb;
+  return (q.blocks + per - 1) / per;
+}
+
+/// First element of local chunk c of tensor i (numel for c = its chunk count).
+static inline int64_t chunk_begin(const TensorTable& tt, int64_t i, int64_t c) {
+  const int64_t numel = tt.numel[i];
+  if (!quantized(tt)) return c * kChunkElems < numel ? c * kChunkElems : numel;
+  const QuantGeometry q = quant_geometry(numel, last_dim_of(tt, i), tt.quant_block);
+  const int64_t j = c * (kChunkElems / q.qb);
+  return j < q.blocks ? q_block_start(q, j) : numel;
+}
+
+/// First local chunk of tensor i that starts at or after its element x.
+static inline int64_t chunk_at_local(const TensorTable& tt, int64_t i, int64_t x) {
+  if (!quantized(tt)) return (x + kChunkElems - 1) / kChunkElems;
+  const QuantGeometry q = quant_geometry(tt.numel[i], last_dim_of(tt, i), tt.quant_block);
+  const int64_t per = kChunkElems / q.qb;
+  return (q_block_at(q, x) + per - 1) / per;
+}
 
 /// Per-tensor LAMB data for the ratio (double, computed by the driver).
 struct LambTensorInfo {
@@ -43,7 +73,7 @@ struct LambArgs {
   void* scratch;                  // scratch_elems elements of T, or null
   int64_t scratch_elems;
   int64_t hot_elems;              // keep u in the scratch for tensors of at most this many elements per thread
-  double* partials;               // [chunks, 2]
+  double* partials;               // [chunks, 2]: sums of w^2, u^2
   float* sums;                    // [n, 2] out (stage 1) / in (stage 2)
   float* norms_out;               // [n, 3] (fused, stage 2)
 };
@@ -54,6 +84,7 @@ struct IsaKernels {
   void (*adamw)(const Work&, const void* coeffs, bool amsgrad);
   void (*lamb)(const Work&, const LambArgs&);
   void (*sumsq)(const Work&, double* partials);
+  void (*gnorm)(const Work&);  // the gradient-norm partials alone (into Work::gnorm)
 };
 
 extern const IsaKernels kKernelsBaseline;
@@ -74,8 +105,7 @@ static inline int64_t chunk_at_element(const Work& w, int64_t tb, int64_t te, in
     const int64_t mid = lo + (hi - lo) / 2;
     if (w.elem_off[mid] <= e) lo = mid; else hi = mid;
   }
-  const int64_t c = (e - w.elem_off[lo] + kChunkElems - 1) / kChunkElems;
-  return w.chunk_off[lo] + c;
+  return w.chunk_off[lo] + chunk_at_local(*w.tt, lo, e - w.elem_off[lo]);
 }
 
 /// Thread ``tid`` of ``nth``: its chunks of the tensor range [tb, te), balanced by elements.

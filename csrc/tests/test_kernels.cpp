@@ -37,7 +37,7 @@ struct Bucket {
   std::vector<int64_t> clock = {3, 40};
   std::vector<void*> ptr_p, ptr_m, ptr_v;
   std::vector<const void*> ptr_g;
-  std::vector<float*> ptr_master;
+  std::vector<void*> ptr_master;
 
   explicit Bucket(int64_t pd, uint32_t seed = 1, int64_t sd = L::DT_F32) : pdtype(pd), sdtype(sd) {
     std::mt19937 rng(seed);
@@ -127,6 +127,7 @@ struct Bucket {
     tt.exp_avg = ptr_m.data();
     tt.exp_avg_sq = ptr_v.data();
     tt.master = pdtype == L::DT_BF16 ? ptr_master.data() : nullptr;
+    tt.master_mode = pdtype == L::DT_BF16 ? L::MASTER_FP32 : L::MASTER_NONE;
     tt.numel = numel.data();
     return tt;
   }

@@ -23,12 +23,15 @@ namespace L = lrsched::layout;
 
 namespace {
 
-const int64_t kCodes[] = {L::DT_F32, L::DT_BF16, L::DT_F16, L::DT_F64};
+const int64_t kCodes[] = {L::DT_F32, L::DT_BF16, L::DT_F16, L::DT_F64, L::DT_I8, L::DT_U8, L::DT_I16};
+const int64_t kModes[] = {L::MASTER_NONE, L::MASTER_FP32, L::MASTER_CORR8, L::MASTER_CORR16};
 
-/// The combinations with kernels, written out independently of dtypes.h's list.
-bool expected_supported(int64_t pd, int64_t sd, bool master) {
+/// The combinations with kernels, written out independently of dtypes.h's list: every master mode for
+/// bf16/fp16 params only; int8 moments (DT_I8) for fp32, bf16 and fp16 params.
+bool expected_supported(int64_t pd, int64_t sd, int64_t master) {
   const bool low = pd == L::DT_BF16 || pd == L::DT_F16;
-  if (master && !low) return false;
+  if (master != L::MASTER_NONE && !low) return false;
+  if (sd == L::DT_I8) return pd == L::DT_F32 || low;
   if (pd == L::DT_F32) return sd == L::DT_F32 || sd == L::DT_BF16;
   if (pd == L::DT_F64) return sd == L::DT_F64;
   if (pd == L::DT_BF16) return sd == L::DT_F32 || sd == L::DT_BF16;
@@ -42,17 +45,18 @@ int64_t code_of() {
   if (std::is_same<T, double>::value) return L::DT_F64;
   if (std::is_same<T, bf16>::value) return L::DT_BF16;
   if (std::is_same<T, f16>::value) return L::DT_F16;
+  if (std::is_same<T, q8>::value) return L::DT_I8;
   return -1;
 }
 
 struct Seen {
   int calls = 0;
   int64_t pd = -1, sd = -1;
-  bool master = false;
+  int64_t master = -1;
   int extra = 0;
 };
 
-template <class P, class S, bool MASTER>
+template <class P, class S, int64_t MASTER>
 struct Record {
   static void run(Seen& seen, int extra) {
     ++seen.calls;
@@ -105,19 +109,20 @@ TEST(supported_lists_exactly_the_kernel_combinations) {
   int count = 0;
   for (int64_t pd : kCodes)
     for (int64_t sd : kCodes)
-      for (bool master : {false, true}) {
+      for (int64_t master : kModes) {
         CHECK(supported(pd, sd, master) == expected_supported(pd, sd, master));
         count += supported(pd, sd, master) ? 1 : 0;
       }
-  CHECK(count == 11);
-  CHECK(!supported(L::NUM_DTYPES, L::DT_F32, false));
-  CHECK(!supported(L::DT_F32, -1, false));
+  CHECK(count == 28);
+  CHECK(!supported(L::NUM_DTYPES, L::DT_F32, L::MASTER_NONE));
+  CHECK(!supported(L::DT_F32, -1, L::MASTER_NONE));
+  CHECK(supported(L::DT_BF16, L::DT_F32, true) == supported(L::DT_BF16, L::DT_F32, L::MASTER_FP32));
 }
 
 TEST(dispatch_calls_the_functor_of_the_runtime_combination) {
   for (int64_t pd : kCodes)
     for (int64_t sd : kCodes)
-      for (bool master : {false, true}) {
+      for (int64_t master : kModes) {
         Seen seen;
         const bool ran = dispatch_dtypes<Record>(pd, sd, master, seen, 42);
         CHECK(ran == supported(pd, sd, master));
@@ -134,8 +139,9 @@ TEST(dispatch_calls_the_functor_of_the_runtime_combination) {
 TEST(param_dispatch_calls_the_functor_of_the_param_type) {
   for (int64_t pd : kCodes) {
     Seen seen;
-    CHECK(dispatch_param_dtype<RecordParam>(pd, seen));
-    CHECK(seen.calls == 1 && seen.pd == pd);
+    const bool param_type = pd == L::DT_F32 || pd == L::DT_BF16 || pd == L::DT_F16 || pd == L::DT_F64;
+    CHECK(dispatch_param_dtype<RecordParam>(pd, seen) == param_type);
+    CHECK(seen.calls == (param_type ? 1 : 0) && (!param_type || seen.pd == pd));
   }
   Seen none;
   CHECK(!dispatch_param_dtype<RecordParam>(int64_t(L::NUM_DTYPES), none));
@@ -147,6 +153,7 @@ TEST(dtype_codes_are_the_layout_codes) {
   CHECK(DtypeCode<bf16>::value == L::DT_BF16);
   CHECK(DtypeCode<f16>::value == L::DT_F16);
   CHECK(DtypeCode<double>::value == L::DT_F64);
+  CHECK(DtypeCode<q8>::value == L::DT_I8);
 }
 
 TEST(advance_writes_lr_from_the_clock_before_moving_it) {

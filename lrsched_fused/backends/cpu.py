@@ -2,17 +2,24 @@
 
 One call per bucket updates every tensor of it: the extension receives the bucket's pointer table
 (``TensorBatch.pointer_table()``, int64 ``[layout.PTR_TABLE_ROWS, n]``: data pointers of params, grads,
-moments, master weights, and the numels; cached per batch, the grad row rewritten each step), the
-``layout.DT_*`` codes of the dtypes, and the addresses of the optimizer's device tables (schedule, hyperparameters, clock, steps, ``found_inf``, ``grad_scale``), and evaluates the
-schedule and the per-tensor coefficients itself, as the GPU kernels do. Nothing is read on the host here
-(no ``.item()``): even on CPU tensors the backend keeps the GPU discipline.
+moments, master weights or compact corrections, int8-moment block scales, and the numels, last dimensions,
+global element offsets and salts; cached per batch, the grad row rewritten each step), the ``layout.DT_*``
+codes of the dtypes, the ``layout.MASTER_*`` mode, the quantization block and the stochastic-rounding flag,
+the address of ``batch.gnorm_out`` (the gradient-norm partials), and the addresses of the optimizer's device
+tables (schedule, hyperparameters, clock, steps, ``found_inf``, ``grad_scale``), and evaluates the schedule
+and the per-tensor coefficients itself, as the GPU kernels do. Nothing is read on the host here (no
+``.item()``): even on CPU tensors the backend keeps the GPU discipline.
 
 Numerics (see ``csrc/include/lrsched/*.h`` for the formulas):
 
 * math in float32 (float64 for float64 parameters); per-tensor coefficients in double, rounded once;
 * the gradient is multiplied by ``1 / grad_scale`` (and ``1 / clip_div``), equal to torch's division when
   the scale is a power of two, as GradScaler's is;
-* LAMB forms its update from the moments as stored (rounded to the state dtype; see ``_api``);
+* LAMB forms its update from the moments as stored (rounded to the state dtype, or int8 codes decoded; see
+  ``_api`` and docs/compressed_state.md, which the int8 moments, compact master weights and stochastic
+  rounding follow bit for bit);
+* the gradient-norm partials (sums of ``g^2`` and ``|g|`` of ``grad / grad_scale``) are accumulated in the
+  update kernels' fixed chunks and reduced to one row (``gnorm_rows``) in float64;
 * LAMB norms: fixed chunks of ``_cpu.CHUNK_ELEMS`` elements, 16 fixed lanes inside a chunk, float64
   across chunks, chunks added in order: the result is bit-identical for any thread count, and (the
   kernels are built with ``-ffp-contract=off``) for every instruction set the binary dispatches to
@@ -62,7 +69,7 @@ def _addr(t: torch.Tensor | None) -> int:
 
 class _BatchTables:
     """What the backend caches per batch (in ``batch.cache``, through ``batch.cached_tables``): the host
-    pointer table itself (the extension reads it in place), the dtype codes and the LAMB buffers."""
+    pointer table itself (the extension reads it in place), the batch descriptor and the LAMB buffers."""
 
     def __init__(self, batch: TensorBatch) -> None:
         if batch.device.type != "cpu":
@@ -70,10 +77,13 @@ class _BatchTables:
         self.pdtype = _code(batch.dtype, "parameter")
         self.sdtype = _code(batch.state_dtype, "state")
         self.has_max = batch.max_exp_avg_sqs is not None
-        self.has_master = batch.master_params is not None
-        if not _ext.supported(self.pdtype, self.sdtype, self.has_master):
-            raise BackendUnavailable(_unsupported(batch.dtype, batch.state_dtype, self.has_master))
+        self.master_mode = batch.master_mode
+        if not _ext.supported(self.pdtype, self.sdtype, self.master_mode):
+            raise BackendUnavailable(_unsupported(batch.dtype, batch.state_dtype, self.master_mode))
         batch.validate()
+        if batch.quantized and not 1 <= batch.quant_block <= _ext.MAX_QUANT_BLOCK:
+            raise ValueError(f"quant_block must be at most {_ext.MAX_QUANT_BLOCK} for backend 'cpu'; "
+                             f"got {batch.quant_block}")
         self.n = len(batch)
         self.table = batch.pointer_table()  # int64 [PTR_TABLE_ROWS, n], contiguous, on the host
         self.addr = self.table.data_ptr()
@@ -81,6 +91,10 @@ class _BatchTables:
         self.numels = self.table[L.PTR_NUMEL].tolist()
         self.total = int(sum(self.numels))
         self.max_numel = max(self.numels, default=0)
+        # (table, n, pdtype, sdtype, has_max, master_mode, quant_block, stochastic_rounding): bindings.cpp
+        self.desc = (self.addr, self.n, self.pdtype, self.sdtype, int(self.has_max), self.master_mode,
+                     int(batch.quant_block), int(bool(batch.stochastic_rounding)))
+        self.gnorm = _gnorm_addr(batch.gnorm_out)
         self.scratch: torch.Tensor | None = None
         self.sums: torch.Tensor | None = None
 
@@ -88,11 +102,38 @@ class _BatchTables:
         self._grad_row[:] = [g.data_ptr() for g in grads]
 
 
-def _unsupported(pdtype: torch.dtype, sdtype: torch.dtype, master: bool) -> str:
+_MASTER_NAMES = {L.MASTER_NONE: "", L.MASTER_FP32: " and fp32 master weights",
+                 L.MASTER_CORR8: " and int8 compact master corrections",
+                 L.MASTER_CORR16: " and int16 compact master corrections"}
+
+
+def _unsupported(pdtype: torch.dtype, sdtype: torch.dtype, master: int) -> str:
     return (f"backend 'cpu' has no kernels for parameter dtype {pdtype} with state dtype {sdtype}"
-            f"{' and fp32 master weights' if master else ''}; supported: float32 params with float32 or bfloat16 "
-            "states, float64 with float64, bfloat16 with float32 or bfloat16, float16 with float32 or float16 "
-            "(master weights for bfloat16/float16 params)")
+            f"{_MASTER_NAMES.get(int(master), '')}; supported: float32 params with float32, bfloat16 or int8 "
+            "states, float64 with float64, bfloat16 with float32, bfloat16 or int8, float16 with float32, float16 "
+            "or int8 (fp32 or compact int8/int16 master weights for bfloat16/float16 params)")
+
+
+def _gnorm_addr(gnorm_out: torch.Tensor | None) -> int:
+    if gnorm_out is None:
+        return 0
+    if (gnorm_out.device.type != "cpu" or gnorm_out.dtype != torch.float32 or not gnorm_out.is_contiguous()
+            or gnorm_out.numel() != L.GN_COLS):
+        raise ValueError(f"batch.gnorm_out must be a contiguous float32 CPU tensor of shape (1, {L.GN_COLS}) for "
+                         f"backend 'cpu' (gnorm_rows is 1); got {gnorm_out.dtype} {tuple(gnorm_out.shape)} on "
+                         f"{gnorm_out.device}")
+    return gnorm_out.data_ptr()
+
+
+def _rows_addr(t: torch.Tensor | None, name: str) -> tuple[int, int]:
+    """(address, rows) of a float32 [rows, GN_COLS] CPU tensor, or (0, 0)."""
+    if t is None:
+        return 0, 0
+    if (t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() or t.dim() != 2
+            or t.shape[1] != L.GN_COLS):
+        raise ValueError(f"{name} must be a contiguous float32 CPU tensor of shape (rows, {L.GN_COLS}); got "
+                         f"{t.dtype} {tuple(t.shape)} on {t.device}")
+    return t.data_ptr(), t.shape[0]
 
 
 def _scalar_addr(t: torch.Tensor | None, name: str) -> int:
@@ -160,21 +201,32 @@ class CpuBackend:
         if torch.device(device).type != "cpu":
             raise BackendUnavailable(f"backend 'cpu' needs CPU tensors; got device {device}")
         pd, sd = _code(param_dtype, "parameter"), _code(state_dtype, "state")
-        if not _ext.supported(pd, sd, False):
-            raise BackendUnavailable(_unsupported(param_dtype, state_dtype, False))
+        if not _ext.supported(pd, sd, L.MASTER_NONE):
+            raise BackendUnavailable(_unsupported(param_dtype, state_dtype, L.MASTER_NONE))
+
+    def gnorm_rows(self, batch: TensorBatch) -> int:
+        """The C++ driver reduces its per-chunk partials itself: one row."""
+        return 1
+
+    @staticmethod
+    def _empty(batch: TensorBatch) -> bool:
+        if len(batch):
+            return False
+        if batch.gnorm_out is not None:
+            batch.gnorm_out.zero_()
+        return True
 
     def adamw(self, batch: TensorBatch, ctx: StepContext, *, amsgrad: bool) -> None:
-        if len(batch) == 0:
+        if self._empty(batch):
             return
         tabs = self._tables(batch)
         if amsgrad and not tabs.has_max:
             raise ValueError("amsgrad=True needs TensorBatch.max_exp_avg_sqs")
-        _ext.adamw(tabs.addr, tabs.n, tabs.pdtype, tabs.sdtype, tabs.has_max, tabs.has_master,
-                   _ctx_addrs(ctx, batch), bool(amsgrad), self._nthreads())
+        _ext.adamw(tabs.desc, _ctx_addrs(ctx, batch), bool(amsgrad), tabs.gnorm, self._nthreads())
 
     def lamb(self, batch: TensorBatch, ctx: StepContext, *, norms_out: torch.Tensor,
              clip_div: torch.Tensor | None, allreduce: Callable[[torch.Tensor], None] | None) -> None:
-        if len(batch) == 0:
+        if self._empty(batch):
             return
         tabs = self._tables(batch)
         if (norms_out.dtype != torch.float32 or not norms_out.is_contiguous() or norms_out.device.type != "cpu"
@@ -185,16 +237,14 @@ class CpuBackend:
         threads = self._nthreads()
         if allreduce is None:
             scratch = self._scratch(tabs, batch, threads)
-            _ext.lamb(tabs.addr, tabs.n, tabs.pdtype, tabs.sdtype, tabs.has_master, addrs, clip,
-                      norms_out.data_ptr(), _addr(scratch), 0 if scratch is None else scratch.numel(), threads)
+            _ext.lamb(tabs.desc, addrs, clip, norms_out.data_ptr(), _addr(scratch),
+                      0 if scratch is None else scratch.numel(), tabs.gnorm, threads)
             return
         if tabs.sums is None:
             tabs.sums = torch.zeros(tabs.n, 2, dtype=torch.float32)
-        _ext.lamb_stage1(tabs.addr, tabs.n, tabs.pdtype, tabs.sdtype, tabs.has_master, addrs, clip,
-                         tabs.sums.data_ptr(), threads)
+        _ext.lamb_stage1(tabs.desc, addrs, clip, tabs.sums.data_ptr(), tabs.gnorm, threads)
         allreduce(tabs.sums)
-        _ext.lamb_stage2(tabs.addr, tabs.n, tabs.pdtype, tabs.sdtype, tabs.has_master, addrs, clip,
-                         tabs.sums.data_ptr(), norms_out.data_ptr(), threads)
+        _ext.lamb_stage2(tabs.desc, addrs, clip, tabs.sums.data_ptr(), norms_out.data_ptr(), threads)
 
     def _scratch(self, tabs: _BatchTables, batch: TensorBatch, threads: int) -> torch.Tensor | None:
         if self._lamb_scratch is None:
@@ -238,7 +288,10 @@ class CpuBackend:
                 raise ValueError("tokens must be a one-element int64 CPU tensor")
             tokens = tokens.contiguous()
             tok = tokens.data_ptr()
-        _ext.advance(_ctx_addrs(ctx, None), steps.data_ptr(), steps.numel(), lr_out.data_ptr(), tok)
+        partials, rows = _rows_addr(ctx.gnorm_partials, "StepContext.gnorm_partials")
+        history, capacity = _rows_addr(ctx.history, "StepContext.history")
+        _ext.advance(_ctx_addrs(ctx, None), steps.data_ptr(), steps.numel(), lr_out.data_ptr(), tok, partials, rows,
+                     history, capacity)
 
     def evaluate_schedule(self, tables: ScheduleTables, t: torch.Tensor) -> torch.Tensor:
         ints, floats, _, _ = _tables_addrs(tables)

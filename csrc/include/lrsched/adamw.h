@@ -54,20 +54,33 @@ LRS_HD AdamWCoeffs<T> adamw_coeffs(double lr, const double* hp, double step, dou
   return c;
 }
 
-/// One element; ``vmax`` is read and written only when ``AMSGRAD``.
-template <bool AMSGRAD, class T>
-LRS_HD void adamw_element(T& p, T g, T& m, T& v, T& vmax, const AdamWCoeffs<T>& c) {
+/// The moment update of one element (and the decay of p): the first half of adamw_element.
+template <class T>
+LRS_HD void adamw_moments(T& p, T g, T& m, T& v, const AdamWCoeffs<T>& c) {
   g = g * c.gmul;
   p = p * c.decay;
   m = m + (g - m) * c.omb1;
   v = v * c.beta2 + c.omb2 * g * g;
+}
+
+/// The parameter step from the first moment and ``root`` = sqrt(v) (the second half of adamw_element; the
+/// int8 kernels reuse ``root`` to encode the second moment).
+template <class T>
+LRS_HD void adamw_apply(T& p, T m, T root, const AdamWCoeffs<T>& c) {
+  const T denom = root / c.bc2_sqrt + c.eps;
+  p = p - c.step_size * m / denom;
+}
+
+/// One element; ``vmax`` is read and written only when ``AMSGRAD``.
+template <bool AMSGRAD, class T>
+LRS_HD void adamw_element(T& p, T g, T& m, T& v, T& vmax, const AdamWCoeffs<T>& c) {
+  adamw_moments(p, g, m, v, c);
   T vd = v;
   if (AMSGRAD) {
     vmax = (v > vmax || v != v) ? v : vmax;
     vd = vmax;
   }
-  const T denom = sqrt_rn(vd) / c.bc2_sqrt + c.eps;
-  p = p - c.step_size * m / denom;
+  adamw_apply(p, m, sqrt_rn(vd), c);
 }
 
 }  // namespace lrsched

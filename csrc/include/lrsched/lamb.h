@@ -12,13 +12,15 @@
 // no-op for fp32/fp64 states), so the update applied is exactly the one whose norm gave the trust ratio,
 // and a pass that rebuilds u (from the same old moments and gradient, or from the stored new moments)
 // gets the same bits. The Triton kernels and the "reference" backend do the same; AdamW instead keeps
-// torch's meaning (its update uses the fresh moments). Divisions by the bias corrections are
+// torch's meaning (its update uses the fresh moments). With int8 moments (quant.h) "as stored" means the
+// decoded codes of the block just encoded (docs/compressed_state.md). Divisions by the bias corrections are
 // multiplications by reciprocals computed in double.
 #pragma once
 
 #include "config.h"
 #include "convert.h"
 #include "layout.h"
+#include "quant.h"
 
 #if !defined(__CUDACC__)
 #include <math.h>
@@ -76,6 +78,15 @@ LRS_HD void lamb_moments_stored(T g, T& m, T& v, const LambCoeffs<T>& c) {
   lamb_moments(g, m, v, c);
   m = round_trip<S>(m);
   v = round_trip<S>(v);
+}
+
+/// lamb_moments_stored with the rounding of the stores: stochastic for bf16 moments when SR (the same random
+/// bits as the store of the same element in the same step, so every pass gets the same values).
+template <class S, bool SR, class T>
+LRS_HD void lamb_moments_stored_at(T g, T& m, T& v, const LambCoeffs<T>& c, SrAt at_m, SrAt at_v) {
+  lamb_moments(g, m, v, c);
+  m = round_stored<SR, S>(m, at_m);
+  v = round_stored<SR, S>(v, at_v);
 }
 
 /// The bias-corrected Adam direction r from the stored moments (see lamb_moments_stored).

@@ -1,0 +1,167 @@
+// Part of the per-ISA kernels (kernels_impl.h): AdamW over floating moments and over int8 moments, with the
+// gradient-norm partials accumulated while the gradient is in cache, and the gradient-norm pass alone
+// (for a skipped step, which updates nothing).
+#pragma once
+
+#include <lrsched/adamw.h>
+#include <lrsched/quant.h>
+
+#include "kernel_common.h"
+
+namespace lrsched {
+namespace cpu {
+namespace LRS_ISA_NS {
+namespace {
+
+// ====================================================================================================
+// floating moments
+// ====================================================================================================
+template <class P, class S, int64_t MODE, bool AMS, bool SR>
+void adamw_range(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, S* LRS_RESTRICT m, S* LRS_RESTRICT v,
+                 S* LRS_RESTRICT vmax, master_t<MODE>* LRS_RESTRICT mst, int64_t b, int64_t e,
+                 const AdamWCoeffs<compute_t<P>> c, const Seeds sd) {
+  using T = compute_t<P>;
+  for (int64_t j = b; j < e; ++j) {
+    T pj = param_load<P, MODE, T>(p, mst, j);
+    T mj = load(m[j]), vj = load(v[j]);
+    T xj = T(0);
+    if constexpr (AMS) xj = load(vmax[j]);
+    adamw_element<AMS>(pj, load(g[j]), mj, vj, xj, c);
+    store_rounded<SR>(&m[j], mj, at(sd.m, sd, j));
+    store_rounded<SR>(&v[j], vj, at(sd.v, sd, j));
+    if constexpr (AMS) store(&vmax[j], xj);
+    param_store<P, MODE, SR>(p, mst, j, pj, at(sd.p, sd, j));
+  }
+}
+
+template <class P, class S, int64_t MODE, bool AMS, bool SR>
+void adamw_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const AdamWCoeffs<compute_t<P>>& c) {
+  const TensorPtrs<P, S, MODE> t(*w.tt, i);
+  const Seeds sd = seeds_of(w, i);
+  for_chunks(w, i, kb, kend, [&](int64_t k, int64_t cb, int64_t ce) {
+    if (!w.gnorm) {
+      adamw_range<P, S, MODE, AMS, SR>(t.p, t.g, t.m, t.v, t.vmax, t.mst, cb, ce, c, sd);
+      return;
+    }
+    GnormAcc acc;
+    for (int64_t s = cb; s < ce; s += kSub) {  // the gradient-norm lanes read g again from L1
+      const int64_t len = min64(kSub, ce - s);
+      adamw_range<P, S, MODE, AMS, SR>(t.p, t.g, t.m, t.v, t.vmax, t.mst, s, s + len, c, sd);
+      gnorm_lanes(t.g + s, len, acc.sq, acc.ab);
+    }
+    acc.flush(w, k);
+  });
+}
+
+// ====================================================================================================
+// int8 moments: per block, decode, update (the parameter from the fresh moments), encode
+// ====================================================================================================
+/// One quantization block [s, s + len): mb / rb receive the fresh m and sqrt(v) (scratch of the caller).
+template <class P, int64_t MODE, bool SR>
+void adamw_q_block(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTRICT cm, uint8_t* LRS_RESTRICT cv,
+                   master_t<MODE>* LRS_RESTRICT mst, float* LRS_RESTRICT mb, float* LRS_RESTRICT rb, int64_t s,
+                   int64_t len, float* LRS_RESTRICT scale_m, float* LRS_RESTRICT scale_v,
+                   const AdamWCoeffs<float> c, const Seeds sd) {
+  const float dm = q_step_m(*scale_m), dv = q_step_v(*scale_v);
+  uint32_t xm = 0, xv = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    const int64_t x = s + j;
+    float pj = param_load<P, MODE, float>(p, mst, x);
+    float mj = q_decode_m(cm[x], dm), vj = q_decode_v(cv[x], dv);
+    adamw_moments(pj, load(g[x]), mj, vj, c);
+    const float rj = sqrt_rn(vj);
+    adamw_apply(pj, mj, rj, c);
+    mb[j] = mj;
+    rb[j] = rj;
+    xm = max_u32(xm, abs_bits(mj));
+    xv = max_u32(xv, abs_bits(rj));
+    param_store<P, MODE, SR>(p, mst, x, pj, at(sd.p, sd, x));
+  }
+  const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
+  const float qm = q_recip_m(sm), qv = q_recip_v(sv);
+  for (int64_t j = 0; j < len; ++j) {
+    cm[s + j] = static_cast<int8_t>(q_encode_m(mb[j], qm));
+    cv[s + j] = static_cast<uint8_t>(q_encode_v(rb[j], qv));
+  }
+  *scale_m = sm;
+  *scale_v = sv;
+}
+
+template <class P, int64_t MODE, bool SR>
+void adamw_q_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const AdamWCoeffs<float>& c) {
+  const TensorPtrs<P, q8, MODE> t(*w.tt, i);
+  const Seeds sd = seeds_of(w, i);
+  alignas(64) float mb[kMaxQuantBlock];
+  alignas(64) float rb[kMaxQuantBlock];
+  for (int64_t k = kb; k < kend; ++k) {
+    GnormAcc acc;
+    for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
+      adamw_q_block<P, MODE, SR>(t.p, t.g, t.m, t.v, t.mst, mb, rb, s, len, t.sm + j, t.sv + j, c, sd);
+      if (w.gnorm) gnorm_range(t.g, s, s + len, acc.sq, acc.ab);
+    });
+    acc.flush(w, k);
+  }
+}
+
+// ====================================================================================================
+// the driver of one dtype combination
+// ====================================================================================================
+template <class P, class S, int64_t MODE, bool AMS, bool SR>
+void adamw_typed(const Work& w, const void* coeffs_v) {
+  using T = compute_t<P>;
+  const TensorTable& tt = *w.tt;
+  const AdamWCoeffs<T>* coeffs = static_cast<const AdamWCoeffs<T>*>(coeffs_v);
+#pragma omp parallel num_threads(w.threads)
+  {
+    int64_t k0, k1;
+    thread_chunks(w, 0, tt.n, omp_get_thread_num(), omp_get_num_threads(), &k0, &k1);
+    for_tensor_ranges(w, k0, k1, [&](int64_t i, int64_t, int64_t, int64_t kb, int64_t kend) {
+      if constexpr (is_q8<S>()) adamw_q_tensor<P, MODE, SR>(w, i, kb, kend, coeffs[i]);
+      else adamw_tensor<P, S, MODE, AMS, SR>(w, i, kb, kend, coeffs[i]);
+    });
+  }
+}
+
+template <class P, class S, int64_t MODE>
+void adamw_entry_typed(const Work& w, const void* coeffs, bool ams) {
+  constexpr bool can_sr = sr_applies<P, S, MODE>();
+  const bool sr = can_sr && w.tt->stochastic_rounding;
+  if constexpr (is_q8<S>()) {  // no amsgrad for int8 moments (refused by the Python side)
+    if (sr) adamw_typed<P, S, MODE, false, can_sr>(w, coeffs);
+    else adamw_typed<P, S, MODE, false, false>(w, coeffs);
+  } else {
+    if (ams) {
+      if (sr) adamw_typed<P, S, MODE, true, can_sr>(w, coeffs);
+      else adamw_typed<P, S, MODE, true, false>(w, coeffs);
+    } else {
+      if (sr) adamw_typed<P, S, MODE, false, can_sr>(w, coeffs);
+      else adamw_typed<P, S, MODE, false, false>(w, coeffs);
+    }
+  }
+}
+
+// ====================================================================================================
+// the gradient-norm partials alone (a skipped AdamW step)
+// ====================================================================================================
+template <class P>
+void gnorm_typed(const Work& w) {
+  const TensorTable& tt = *w.tt;
+#pragma omp parallel num_threads(w.threads)
+  {
+    int64_t k0, k1;
+    thread_chunks(w, 0, tt.n, omp_get_thread_num(), omp_get_num_threads(), &k0, &k1);
+    for_tensor_ranges(w, k0, k1, [&](int64_t i, int64_t, int64_t, int64_t kb, int64_t kend) {
+      const P* g = static_cast<const P*>(tt.grad[i]);
+      for_chunks(w, i, kb, kend, [&](int64_t k, int64_t cb, int64_t ce) {
+        GnormAcc acc;
+        gnorm_range(g, cb, ce, acc.sq, acc.ab);
+        acc.flush(w, k);
+      });
+    });
+  }
+}
+
+}  // namespace
+}  // namespace LRS_ISA_NS
+}  // namespace cpu
+}  // namespace lrsched

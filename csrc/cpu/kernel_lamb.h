@@ -1,0 +1,186 @@
+// Part of the per-ISA kernels (kernels_impl.h): LAMB's two stages, per element range (floating moments) and
+// per quantization block (int8 moments), and their driver (Lamb: fused, sharded stage 1, stage 2).
+//
+// Stage 1 forms u from the moments as stored (lamb.h): floating moments rounded to S, int8 moments encoded
+// and decoded. Stage 2 applies p = w - lr * ratio * u with u read back from the scratch buffer, or rebuilt:
+// floating moments from the gradient and the old moments (stage 1 then wrote nothing), int8 moments by
+// decoding the codes stage 1 stored. Every path gives the same bits.
+#pragma once
+
+#include <lrsched/lamb.h>
+#include <lrsched/quant.h>
+
+#include "kernel_common.h"
+
+namespace lrsched {
+namespace cpu {
+namespace LRS_ISA_NS {
+namespace {
+
+/// Adds the squares of w and u of one sub-block (len <= kSub values in wbuf / ubuf) to the lanes.
+template <class T>
+inline void add_wu(T* wbuf, T* ubuf, int64_t len, double* acc_w, double* acc_u) {
+  const int64_t len16 = (len + kLanes - 1) / kLanes * kLanes;
+  for (int64_t j = len; j < len16; ++j) wbuf[j] = ubuf[j] = T(0);
+  add_squares(wbuf, len16, acc_w);
+  add_squares(ubuf, len16, acc_u);
+}
+
+// ====================================================================================================
+// floating moments
+// ====================================================================================================
+/// Stage 1 over elements [b, e) of one tensor: the new moments as stored, w and u, the sums of w^2 and u^2
+/// (and of the gradient-norm lanes) added into 16 double lanes each. STORE: also write the moments and u
+/// (into u_out); otherwise nothing is written (stage 2 then recomputes everything).
+template <class P, class S, int64_t MODE, bool SR, bool STORE>
+void lamb_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, S* LRS_RESTRICT m, S* LRS_RESTRICT v,
+                const master_t<MODE>* LRS_RESTRICT mst, compute_t<P>* LRS_RESTRICT u_out, int64_t b, int64_t e,
+                const LambCoeffs<compute_t<P>> c, const Seeds sd, double* LRS_RESTRICT acc_w,
+                double* LRS_RESTRICT acc_u, GnormAcc* gn) {
+  using T = compute_t<P>;
+  alignas(64) T wbuf[kSub];
+  alignas(64) T ubuf[kSub];
+  for (int64_t s = b; s < e; s += kSub) {
+    const int64_t len = min64(kSub, e - s);
+    for (int64_t j = 0; j < len; ++j) {
+      const int64_t x = s + j;
+      T mj = load(m[x]), vj = load(v[x]);
+      lamb_moments_stored_at<S, SR>(load(g[x]), mj, vj, c, at(sd.m, sd, x), at(sd.v, sd, x));
+      if constexpr (STORE) {  // the rounded values: storing them is exact
+        store(&m[x], mj);
+        store(&v[x], vj);
+      }
+      const T pj = param_load<P, MODE, T>(p, mst, x);
+      T wj, uj;
+      lamb_base_update(pj, lamb_direction(mj, vj, c), c, wj, uj);
+      wbuf[j] = wj;
+      ubuf[j] = uj;
+      if constexpr (STORE) u_out[x] = uj;
+    }
+    add_wu(wbuf, ubuf, len, acc_w, acc_u);
+    if (gn) gnorm_lanes(g + s, len, gn->sq, gn->ab);
+  }
+}
+
+/// Stage 2 over elements [b, e): p = w - lr_ratio * u, with u rebuilt from the gradient and the old moments
+/// (rounded as in stage 1: the same bits), which are then written (so stage 1 wrote nothing).
+template <class P, class S, int64_t MODE, bool SR>
+void lamb_pass2(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, S* LRS_RESTRICT m, S* LRS_RESTRICT v,
+                master_t<MODE>* LRS_RESTRICT mst, int64_t b, int64_t e, const LambCoeffs<compute_t<P>> c,
+                const compute_t<P> lr_ratio, const Seeds sd) {
+  using T = compute_t<P>;
+  for (int64_t x = b; x < e; ++x) {
+    const T pj = param_load<P, MODE, T>(p, mst, x);
+    T mj = load(m[x]), vj = load(v[x]);
+    lamb_moments_stored_at<S, SR>(load(g[x]), mj, vj, c, at(sd.m, sd, x), at(sd.v, sd, x));
+    store(&m[x], mj);
+    store(&v[x], vj);
+    T wj, uj;
+    lamb_base_update(pj, lamb_direction(mj, vj, c), c, wj, uj);
+    param_store<P, MODE, SR>(p, mst, x, wj - lr_ratio * uj, at(sd.p, sd, x));
+  }
+}
+
+/// Stage 2 from u kept by stage 1 (any moments): p = p * w_scale - lr_ratio * u.
+template <class P, int64_t MODE, bool SR>
+void lamb_apply_u(P* LRS_RESTRICT p, master_t<MODE>* LRS_RESTRICT mst, const compute_t<P>* LRS_RESTRICT u_in,
+                  int64_t b, int64_t e, const LambCoeffs<compute_t<P>> c, const compute_t<P> lr_ratio,
+                  const Seeds sd) {
+  using T = compute_t<P>;
+  for (int64_t x = b; x < e; ++x) {
+    const T wj = param_load<P, MODE, T>(p, mst, x) * c.w_scale;
+    param_store<P, MODE, SR>(p, mst, x, wj - lr_ratio * u_in[x], at(sd.p, sd, x));
+  }
+}
+
+// ====================================================================================================
+// int8 moments
+// ====================================================================================================
+/// Scratch of one thread for a quantization block: the fresh m and sqrt(v), the new codes.
+struct QBlockBuf {
+  alignas(64) float m[kMaxQuantBlock];
+  alignas(64) float r[kMaxQuantBlock];
+  alignas(64) int8_t cm[kMaxQuantBlock];
+  alignas(64) uint8_t cv[kMaxQuantBlock];
+};
+
+/// w and u of element x from the stored codes (cm, cv: the block's codes, indexed by j = x - s).
+template <class P, int64_t MODE>
+inline void lamb_q_wu(const P* LRS_RESTRICT p, const master_t<MODE>* LRS_RESTRICT mst, int8_t cm, uint8_t cv,
+                      int64_t x, float dm, float dv, const LambCoeffs<float>& c, float& w, float& u) {
+  const float md = q_decode_m(cm, dm), vd = q_decode_v(cv, dv);
+  lamb_base_update(param_load<P, MODE, float>(p, mst, x), lamb_direction(md, vd, c), c, w, u);
+}
+
+/// Stage 1 over one quantization block [s, s + len): update, encode (and, STORE, write codes and scales),
+/// then w and u from the decoded codes (and, STORE_U, u into u_out) and their squares into the lanes.
+template <class P, int64_t MODE, bool STORE, bool STORE_U>
+void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTRICT cm,
+                  uint8_t* LRS_RESTRICT cv, const master_t<MODE>* LRS_RESTRICT mst, float* LRS_RESTRICT u_out,
+                  int64_t s, int64_t len, float* LRS_RESTRICT scale_m, float* LRS_RESTRICT scale_v,
+                  const LambCoeffs<float> c, QBlockBuf* LRS_RESTRICT buf, double* LRS_RESTRICT acc_w,
+                  double* LRS_RESTRICT acc_u, GnormAcc* gn) {
+  float* LRS_RESTRICT mb = buf->m;
+  float* LRS_RESTRICT rb = buf->r;
+  int8_t* LRS_RESTRICT bm = buf->cm;
+  uint8_t* LRS_RESTRICT bv = buf->cv;
+  const float dm0 = q_step_m(*scale_m), dv0 = q_step_v(*scale_v);
+  uint32_t xm = 0, xv = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    const int64_t x = s + j;
+    float mj = q_decode_m(cm[x], dm0), vj = q_decode_v(cv[x], dv0);
+    lamb_moments(load(g[x]), mj, vj, c);
+    const float rj = sqrt_rn(vj);
+    mb[j] = mj;
+    rb[j] = rj;
+    xm = max_u32(xm, abs_bits(mj));
+    xv = max_u32(xv, abs_bits(rj));
+  }
+  const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
+  const float qm = q_recip_m(sm), qv = q_recip_v(sv);
+  for (int64_t j = 0; j < len; ++j) {
+    bm[j] = static_cast<int8_t>(q_encode_m(mb[j], qm));
+    bv[j] = static_cast<uint8_t>(q_encode_v(rb[j], qv));
+  }
+  if constexpr (STORE) {
+    for (int64_t j = 0; j < len; ++j) {
+      cm[s + j] = bm[j];
+      cv[s + j] = bv[j];
+    }
+    *scale_m = sm;
+    *scale_v = sv;
+  }
+  const float dm = q_step_m(sm), dv = q_step_v(sv);
+  alignas(64) float wbuf[kSub];
+  alignas(64) float ubuf[kSub];
+  for (int64_t o = 0; o < len; o += kSub) {
+    const int64_t sub = min64(kSub, len - o);
+    for (int64_t j = 0; j < sub; ++j) {
+      float wj, uj;
+      lamb_q_wu<P, MODE>(p, mst, bm[o + j], bv[o + j], s + o + j, dm, dv, c, wj, uj);
+      wbuf[j] = wj;
+      ubuf[j] = uj;
+      if constexpr (STORE_U) u_out[s + o + j] = uj;
+    }
+    add_wu(wbuf, ubuf, sub, acc_w, acc_u);
+    if (gn) gnorm_lanes(g + s + o, sub, gn->sq, gn->ab);
+  }
+}
+
+/// Stage 2 over one quantization block from the codes stage 1 stored.
+template <class P, int64_t MODE, bool SR>
+void lamb_q_pass2(P* LRS_RESTRICT p, const int8_t* LRS_RESTRICT cm, const uint8_t* LRS_RESTRICT cv,
+                  master_t<MODE>* LRS_RESTRICT mst, int64_t s, int64_t len, float scale_m, float scale_v,
+                  const LambCoeffs<float> c, const float lr_ratio, const Seeds sd) {
+  const float dm = q_step_m(scale_m), dv = q_step_v(scale_v);
+  for (int64_t x = s; x < s + len; ++x) {
+    float wj, uj;
+    lamb_q_wu<P, MODE>(p, mst, cm[x], cv[x], x, dm, dv, c, wj, uj);
+    param_store<P, MODE, SR>(p, mst, x, wj - lr_ratio * uj, at(sd.p, sd, x));
+  }
+}
+
+}  // namespace
+}  // namespace LRS_ISA_NS
+}  // namespace cpu
+}  // namespace lrsched
