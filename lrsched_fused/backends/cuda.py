@@ -2,12 +2,16 @@
 
 Built only where nvcc and a GPU are present (see ``setup.py``). Same math and tables as the CPU backend
 (the schedule, the per-element updates, the dtype combinations and the clock advance come from the
-shared headers in ``csrc/include/lrsched``): the device copy of the bucket's pointer table
+shared headers in ``csrc/include/lrsched``, compressed state included: int8 moments, compact master weights,
+stochastic rounding, docs/compressed_state.md): the device copy of the bucket's pointer table
 (``TensorBatch.pointer_table()``, ``layout.PTR_*`` rows) and one thread block per (tensor, chunk of
-``_cuda.CHUNK_ELEMS`` elements) from a block table, both cached per bucket; AdamW is one launch; LAMB is stage 1 (norm partials), a per-tensor reduction in chunk order
-(deterministic, no float atomics) and stage 2 (moments and update), with the ``allreduce`` callback
-between the reduction and stage 2 for sharded parameters (phases ``layout.LAMB_*``). Every call is asynchronous on the current
-stream: nothing is read on the host.
+``_cuda.CHUNK_ELEMS`` elements, or of whole quantization blocks for int8 moments) from a block table, both
+cached per bucket; AdamW is one launch; LAMB is stage 1 (norm partials), a per-tensor reduction in chunk
+order (deterministic, no float atomics) and stage 2 (moments and update), with the ``allreduce`` callback
+between the reduction and stage 2 for sharded parameters (phases ``layout.LAMB_*``). The update kernels also
+write per-block gradient-norm partials, which one more block reduces in a fixed tree into
+``batch.gnorm_out`` (``gnorm_rows`` is 1). Every call is asynchronous on the current stream: nothing is read
+on the host.
 """
 
 from __future__ import annotations
@@ -43,9 +47,28 @@ def _code(dtype: torch.dtype, what: str) -> int:
         raise BackendUnavailable(f"backend 'cuda' has no kernels for {what} dtype {dtype}") from None
 
 
-def _unsupported(pdtype: torch.dtype, sdtype: torch.dtype, master: bool) -> str:
+_MASTER_NAMES = {L.MASTER_NONE: "", L.MASTER_FP32: " and fp32 master weights",
+                 L.MASTER_CORR8: " and int8 compact master corrections",
+                 L.MASTER_CORR16: " and int16 compact master corrections"}
+
+
+def _unsupported(pdtype: torch.dtype, sdtype: torch.dtype, master: int) -> str:
     return (f"backend 'cuda' has no kernels for parameter dtype {pdtype} with state dtype {sdtype}"
-            f"{' and master weights' if master else ''}")
+            f"{_MASTER_NAMES.get(int(master), '')}")
+
+
+def _chunk_counts(batch: TensorBatch, numels: list[int], last_dims: list[int]) -> list[int]:
+    """Thread blocks per tensor: chunks of CHUNK_ELEMS elements, or of CHUNK_ELEMS / quant_block whole
+    quantization blocks (rows * ceil(last_dim / quant_block) blocks per tensor) for int8 moments."""
+    chunk = _ext.CHUNK_ELEMS
+    if not batch.quantized:
+        return [(k + chunk - 1) // chunk for k in numels]
+    per = chunk // batch.quant_block
+    out = []
+    for k, d in zip(numels, last_dims):
+        blocks = (k // max(d, 1)) * -(-max(d, 1) // batch.quant_block) if k else 0
+        out.append((blocks + per - 1) // per)
+    return out
 
 
 def _stream(device: torch.device) -> int:
@@ -61,14 +84,16 @@ class _DeviceTables:
         self.device = device
         self.pdtype = _code(batch.dtype, "parameter")
         self.sdtype = _code(batch.state_dtype, "state")
-        has_max, has_master = batch.max_exp_avg_sqs is not None, batch.master_params is not None
-        if not _ext.supported(self.pdtype, self.sdtype, has_master):
-            raise BackendUnavailable(_unsupported(batch.dtype, batch.state_dtype, has_master))
+        has_max, master_mode = batch.max_exp_avg_sqs is not None, batch.master_mode
+        if not _ext.supported(self.pdtype, self.sdtype, master_mode):
+            raise BackendUnavailable(_unsupported(batch.dtype, batch.state_dtype, master_mode))
         batch.validate()
+        if batch.quantized and not 1 <= batch.quant_block <= _ext.MAX_QUANT_BLOCK:
+            raise ValueError(f"quant_block must be at most {_ext.MAX_QUANT_BLOCK} for backend 'cuda'; "
+                             f"got {batch.quant_block}")
         host = batch.pointer_table()  # int64 [PTR_TABLE_ROWS, n] on the host
         numels = host[L.PTR_NUMEL].tolist()
-        chunk = _ext.CHUNK_ELEMS
-        counts = [(k + chunk - 1) // chunk for k in numels]
+        counts = _chunk_counts(batch, numels, host[L.PTR_LAST_DIM].tolist())
         tensor_of = [i for i, c in enumerate(counts) for _ in range(c)]
         chunk_of = [j for c in counts for j in range(c)]
         first = [0]
@@ -80,11 +105,15 @@ class _DeviceTables:
         self.first_block = torch.tensor(first, dtype=torch.int64).to(device)
         self.grad_ptrs = host[L.PTR_GRAD].tolist()
         self._pinned: torch.Tensor | None = None
-        self.tt = (self.table.data_ptr(), n, self.pdtype, self.sdtype, int(has_max), int(has_master),
-                   self.blocks.data_ptr(), self.nblocks, self.first_block.data_ptr())
+        # (table, n, pdtype, sdtype, has_max, master_mode, blocks, nblocks, first_block, quant_block, sr)
+        self.tt = (self.table.data_ptr(), n, self.pdtype, self.sdtype, int(has_max), master_mode,
+                   self.blocks.data_ptr(), self.nblocks, self.first_block.data_ptr(), int(batch.quant_block),
+                   int(bool(batch.stochastic_rounding)))
         self.partials = torch.zeros(max(1, 2 * self.nblocks), dtype=torch.float64, device=device)
+        self.gn_partials = torch.zeros(max(1, L.GN_COLS * self.nblocks), dtype=torch.float64, device=device)
         self.ratio = torch.zeros(max(1, n), dtype=torch.float64, device=device)
         self.sums = torch.zeros(n, 2, dtype=torch.float32, device=device)
+        self.gnorm = _gnorm_addr(batch.gnorm_out, device)
 
     def refresh_grads(self, grads: list[torch.Tensor]) -> None:
         ptrs = [g.data_ptr() for g in grads]
@@ -96,6 +125,24 @@ class _DeviceTables:
 
 def _opt(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
+
+
+def _gnorm_addr(gnorm_out: torch.Tensor | None, device: torch.device) -> int:
+    if gnorm_out is None:
+        return 0
+    if (gnorm_out.device != device or gnorm_out.dtype != torch.float32 or not gnorm_out.is_contiguous()
+            or gnorm_out.numel() != L.GN_COLS):
+        raise ValueError(f"batch.gnorm_out must be a contiguous float32 tensor of shape (1, {L.GN_COLS}) on {device} "
+                         f"for backend 'cuda' (gnorm_rows is 1)")
+    return gnorm_out.data_ptr()
+
+
+def _rows_addr(t: torch.Tensor | None, name: str) -> tuple[int, int]:
+    if t is None:
+        return 0, 0
+    if t.dtype != torch.float32 or not t.is_contiguous() or t.dim() != 2 or t.shape[1] != L.GN_COLS:
+        raise ValueError(f"{name} must be a contiguous float32 tensor of shape (rows, {L.GN_COLS})")
+    return t.data_ptr(), t.shape[0]
 
 
 def _ctx(ctx: StepContext, batch: TensorBatch | None) -> tuple[int, ...]:
@@ -118,20 +165,35 @@ class CudaBackend:
     def check(self, device: torch.device, param_dtype: torch.dtype, state_dtype: torch.dtype) -> None:
         if torch.device(device).type != "cuda":
             raise BackendUnavailable(f"backend 'cuda' needs CUDA tensors; got device {device}")
-        if not _ext.supported(_code(param_dtype, "parameter"), _code(state_dtype, "state"), False):
-            raise BackendUnavailable(_unsupported(param_dtype, state_dtype, False))
+        if not _ext.supported(_code(param_dtype, "parameter"), _code(state_dtype, "state"), L.MASTER_NONE):
+            raise BackendUnavailable(_unsupported(param_dtype, state_dtype, L.MASTER_NONE))
+
+    def gnorm_rows(self, batch: TensorBatch) -> int:
+        """Per-block partials are reduced on the device (one more block, a fixed tree): one row."""
+        return 1
+
+    @staticmethod
+    def _empty(batch: TensorBatch) -> bool:
+        if len(batch):
+            return False
+        if batch.gnorm_out is not None:
+            batch.gnorm_out.zero_()
+        return True
 
     @launches_on(batch_device)
     def adamw(self, batch: TensorBatch, ctx: StepContext, *, amsgrad: bool) -> None:
-        if len(batch) == 0:
+        if self._empty(batch):
             return
         tabs = self._tables(batch)
-        _ext.adamw(tabs.tt, _ctx(ctx, batch), bool(amsgrad), _stream(tabs.device))
+        if amsgrad and batch.max_exp_avg_sqs is None:
+            raise ValueError("amsgrad=True needs TensorBatch.max_exp_avg_sqs")
+        _ext.adamw(tabs.tt, _ctx(ctx, batch), bool(amsgrad), tabs.gn_partials.data_ptr(), tabs.gnorm,
+                   _stream(tabs.device))
 
     @launches_on(batch_device)
     def lamb(self, batch: TensorBatch, ctx: StepContext, *, norms_out: torch.Tensor,
              clip_div: torch.Tensor | None, allreduce: Callable[[torch.Tensor], None] | None) -> None:
-        if len(batch) == 0:
+        if self._empty(batch):
             return
         tabs = self._tables(batch)
         if not norms_out.is_contiguous() or norms_out.dtype != torch.float32:
@@ -139,12 +201,13 @@ class CudaBackend:
         c, stream = _ctx(ctx, batch), _stream(tabs.device)
         args = (tabs.tt, c, _opt(clip_div), norms_out.data_ptr(), tabs.partials.data_ptr(), tabs.ratio.data_ptr(),
                 tabs.sums.data_ptr())
+        gn = (tabs.gn_partials.data_ptr(), tabs.gnorm)
         if allreduce is None:
-            _ext.lamb(*args, L.LAMB_FUSED, stream)
+            _ext.lamb(*args, L.LAMB_FUSED, *gn, stream)
             return
-        _ext.lamb(*args, L.LAMB_STAGE1, stream)
+        _ext.lamb(*args, L.LAMB_STAGE1, *gn, stream)
         allreduce(tabs.sums)
-        _ext.lamb(*args, L.LAMB_STAGE2, _stream(tabs.device))
+        _ext.lamb(*args, L.LAMB_STAGE2, 0, 0, _stream(tabs.device))
 
     @launches_on(batch_device)
     def grad_sumsq(self, batch: TensorBatch, ctx: StepContext) -> torch.Tensor:
@@ -158,8 +221,11 @@ class CudaBackend:
     @launches_on(lambda ctx, *args, **kwargs: ctx.clock.device)
     def advance(self, ctx: StepContext, steps: torch.Tensor, lr_out: torch.Tensor,
                 tokens: torch.Tensor | None) -> None:
+        partials, rows = _rows_addr(ctx.gnorm_partials, "StepContext.gnorm_partials")
+        history, capacity = _rows_addr(ctx.history, "StepContext.history")
         _ext.advance(_ctx(ctx, None), steps.data_ptr(), steps.numel(), lr_out.data_ptr(),
-                     _opt(None if tokens is None else tokens.contiguous()), _stream(steps.device))
+                     _opt(None if tokens is None else tokens.contiguous()), partials, rows, history, capacity,
+                     _stream(steps.device))
 
     @launches_on(lambda tables, t: tables.ints.device)
     def evaluate_schedule(self, tables: ScheduleTables, t: torch.Tensor) -> torch.Tensor:
