@@ -61,8 +61,9 @@ __all__ = ["attach", "ReleaseHandle", "DEFAULT_BUCKET_BYTES"]
 #: DDP's default bucket size (25 MiB of gradients)
 DEFAULT_BUCKET_BYTES = 25 * 2**20
 
-#: optimizer -> its live handle (one attachment per optimizer)
-_ATTACHED: "weakref.WeakKeyDictionary[FusedOptimizer, ReleaseHandle]" = weakref.WeakKeyDictionary()
+#: optimizer -> a weak reference to its attached handle (one attachment per optimizer). The parameters' hooks
+#: hold the handle, which holds the parameters: call detach() before dropping a model that is still attached
+_ATTACHED: "weakref.WeakKeyDictionary[FusedOptimizer, weakref.ref]" = weakref.WeakKeyDictionary()
 
 _WHY_ALL_GRADS = ("gradient release updates each bucket as soon as its gradients are ready and frees them, so no "
                   "quantity that needs every gradient of the step can be known before the first update")
@@ -433,7 +434,8 @@ class ReleaseHandle:
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        if _ATTACHED.get(self.optimizer) is self:
+        ref = _ATTACHED.get(self.optimizer)
+        if ref is not None and ref() is self:
             del _ATTACHED[self.optimizer]
         self.attached = False
 
@@ -470,8 +472,9 @@ def attach(model: torch.nn.Module, optimizer: FusedOptimizer, *, bucket_bytes: i
     if why is not None:
         raise ValueError(f"gradient release refused: {why}")
     _refuse_model(model)
-    if optimizer in _ATTACHED:
+    ref = _ATTACHED.get(optimizer)
+    if ref is not None and ref() is not None and ref().attached:
         raise ValueError("gradient release is already attached to this optimizer: detach() that handle first")
     handle = ReleaseHandle(model, optimizer, bucket_bytes, accumulation_steps)
-    _ATTACHED[optimizer] = handle
+    _ATTACHED[optimizer] = weakref.ref(handle)
     return handle

@@ -250,6 +250,22 @@ def test_a_backward_that_raises_does_not_wedge_the_next_step():
     handle.detach()
 
 
+def test_a_detached_handle_leaves_nothing_behind():
+    import gc
+    import weakref
+
+    model = Net()
+    opt = make_opt("adamw", model, 1e-2)
+    handle = release.attach(model, opt)
+    backward(model, 0)
+    handle.detach()
+    assert all(not getattr(p, "_post_accumulate_grad_hooks", None) for p in model.parameters())
+    ref = weakref.ref(opt)
+    del model, opt, handle
+    gc.collect()
+    assert ref() is None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # refusals
 # ---------------------------------------------------------------------------------------------------------
