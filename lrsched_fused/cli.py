@@ -194,7 +194,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     rows = R.prediction_rows(fit, scheds, args.steps)
     print(R.format_predictions(fit, rows))
     if args.plot:
-        print(f"wrote {R.plot_predictions(args.plot, fit, scheds, rows)}")
+        try:
+            print(f"wrote {R.plot_predictions(args.plot, fit, scheds, rows)}")
+        except ImportError:
+            raise ValueError("--plot needs matplotlib (pip install 'lrsched-fused[plot]')") from None
     return 0
 
 
