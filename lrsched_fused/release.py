@@ -389,7 +389,8 @@ class ReleaseHandle:
             rows = torch.tensor([bucket.lo + j for j in members], device=self._steps.device)
             batch = F.make_batch(params, grads, states, steps=self._steps[rows], group_index=self._group_index[rows],
                                  amsgrad=bucket.amsgrad, master=bucket.master)
-            norms = None if self._norms is None else torch.zeros(len(members), L.NORM_COLS, device=rows.device)
+            norms = None if self._norms is None else torch.zeros(len(members), L.NORM_COLS, dtype=torch.float32,
+                                                                     device=rows.device)
             allreduce = make_shard_allreduce(params) if bucket.allreduce is not None else None
         clock = opt.clock
         if self._lamb:
