@@ -44,10 +44,10 @@ void adamw_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const Adam
       return;
     }
     GnormAcc acc;
-    for (int64_t s = cb; s < ce; s += kSub) {  // the gradient-norm lanes read g again from L1
-      const int64_t len = min64(kSub, ce - s);
-      adamw_range<P, S, MODE, AMS, SR>(t.p, t.g, t.m, t.v, t.vmax, t.mst, s, s + len, c, sd);
-      gnorm_lanes(t.g + s, len, acc.sq, acc.ab);
+    for (int64_t s = cb; s < ce; s += kGnormPiece) {  // the piece's gradient is still in cache
+      const int64_t e = min64(s + kGnormPiece, ce);
+      adamw_range<P, S, MODE, AMS, SR>(t.p, t.g, t.m, t.v, t.vmax, t.mst, s, e, c, sd);
+      gnorm_range(t.g, s, e, acc.sq, acc.ab);
     }
     acc.flush(w, k);
   });
@@ -70,7 +70,7 @@ void adamw_q_block(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTR
     float mj = q_decode_m(cm[x], dm), vj = q_decode_v(cv[x], dv);
     adamw_moments(pj, load(g[x]), mj, vj, c);
     const float rj = sqrt_rn(vj);
-    adamw_apply(pj, mj, rj, c);
+    adamw_apply_q(pj, mj, rj, c);
     mb[j] = mj;
     rb[j] = rj;
     xm = max_u32(xm, abs_bits(mj));
@@ -79,10 +79,7 @@ void adamw_q_block(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTR
   }
   const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
   const float qm = q_recip_m(sm), qv = q_recip_v(sv);
-  for (int64_t j = 0; j < len; ++j) {
-    cm[s + j] = static_cast<int8_t>(q_encode_m(mb[j], qm));
-    cv[s + j] = static_cast<uint8_t>(q_encode_v(rb[j], qv));
-  }
+  encode_block(mb, rb, len, sm, sv, qm, qv, cm + s, cv + s);
   *scale_m = sm;
   *scale_v = sv;
 }
@@ -93,14 +90,19 @@ void adamw_q_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const Ad
   const Seeds sd = seeds_of(w, i);
   alignas(64) float mb[kMaxQuantBlock];
   alignas(64) float rb[kMaxQuantBlock];
-  for (int64_t k = kb; k < kend; ++k) {
+  for_chunks(w, i, kb, kend, [&](int64_t k, int64_t cb, int64_t ce) {
     GnormAcc acc;
+    int64_t pending = cb;  // blocks are contiguous: their gradient-norm lanes in pieces of kGnormPiece or more
     for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
+      prefetch_ahead(t, s, len, w.tt->numel[i]);
       adamw_q_block<P, MODE, SR>(t.p, t.g, t.m, t.v, t.mst, mb, rb, s, len, t.sm + j, t.sv + j, c, sd);
-      if (w.gnorm) gnorm_range(t.g, s, s + len, acc.sq, acc.ab);
+      if (w.gnorm && (s + len - pending >= kGnormPiece || s + len == ce)) {
+        gnorm_range(t.g, pending, s + len, acc.sq, acc.ab);
+        pending = s + len;
+      }
     });
     acc.flush(w, k);
-  }
+  });
 }
 
 // ====================================================================================================

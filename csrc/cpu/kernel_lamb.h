@@ -22,8 +22,7 @@ template <class T>
 inline void add_wu(T* wbuf, T* ubuf, int64_t len, double* acc_w, double* acc_u) {
   const int64_t len16 = (len + kLanes - 1) / kLanes * kLanes;
   for (int64_t j = len; j < len16; ++j) wbuf[j] = ubuf[j] = T(0);
-  add_squares(wbuf, len16, acc_w);
-  add_squares(ubuf, len16, acc_u);
+  add_squares2(wbuf, ubuf, len16, acc_w, acc_u);
 }
 
 // ====================================================================================================
@@ -58,7 +57,7 @@ void lamb_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, S* LRS_RESTRIC
       if constexpr (STORE) u_out[x] = uj;
     }
     add_wu(wbuf, ubuf, len, acc_w, acc_u);
-    if (gn) gnorm_lanes(g + s, len, gn->sq, gn->ab);
+    if (gn) gnorm_range(g, s, s + len, gn->sq, gn->ab);
   }
 }
 
@@ -108,8 +107,8 @@ struct QBlockBuf {
 template <class P, int64_t MODE>
 inline void lamb_q_wu(const P* LRS_RESTRICT p, const master_t<MODE>* LRS_RESTRICT mst, int8_t cm, uint8_t cv,
                       int64_t x, float dm, float dv, const LambCoeffs<float>& c, float& w, float& u) {
-  const float md = q_decode_m(cm, dm), vd = q_decode_v(cv, dv);
-  lamb_base_update(param_load<P, MODE, float>(p, mst, x), lamb_direction(md, vd, c), c, w, u);
+  const float md = q_decode_m(cm, dm), rd = q_decode_r(cv, dv);
+  lamb_base_update(param_load<P, MODE, float>(p, mst, x), lamb_direction_root(md, rd, c), c, w, u);
 }
 
 /// Stage 1 over one quantization block [s, s + len): update, encode (and, STORE, write codes and scales),
@@ -119,11 +118,12 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
                   uint8_t* LRS_RESTRICT cv, const master_t<MODE>* LRS_RESTRICT mst, float* LRS_RESTRICT u_out,
                   int64_t s, int64_t len, float* LRS_RESTRICT scale_m, float* LRS_RESTRICT scale_v,
                   const LambCoeffs<float> c, QBlockBuf* LRS_RESTRICT buf, double* LRS_RESTRICT acc_w,
-                  double* LRS_RESTRICT acc_u, GnormAcc* gn) {
+                  double* LRS_RESTRICT acc_u) {
   float* LRS_RESTRICT mb = buf->m;
   float* LRS_RESTRICT rb = buf->r;
-  int8_t* LRS_RESTRICT bm = buf->cm;
-  uint8_t* LRS_RESTRICT bv = buf->cv;
+  // the codes: written in place when they are stored, else kept in the buffer
+  int8_t* bm = STORE ? cm + s : buf->cm;
+  uint8_t* bv = STORE ? cv + s : buf->cv;
   const float dm0 = q_step_m(*scale_m), dv0 = q_step_v(*scale_v);
   uint32_t xm = 0, xv = 0;
   for (int64_t j = 0; j < len; ++j) {
@@ -138,15 +138,8 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
   }
   const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
   const float qm = q_recip_m(sm), qv = q_recip_v(sv);
-  for (int64_t j = 0; j < len; ++j) {
-    bm[j] = static_cast<int8_t>(q_encode_m(mb[j], qm));
-    bv[j] = static_cast<uint8_t>(q_encode_v(rb[j], qv));
-  }
+  encode_block(mb, rb, len, sm, sv, qm, qv, bm, bv);
   if constexpr (STORE) {
-    for (int64_t j = 0; j < len; ++j) {
-      cm[s + j] = bm[j];
-      cv[s + j] = bv[j];
-    }
     *scale_m = sm;
     *scale_v = sv;
   }
@@ -163,7 +156,6 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
       if constexpr (STORE_U) u_out[s + o + j] = uj;
     }
     add_wu(wbuf, ubuf, sub, acc_w, acc_u);
-    if (gn) gnorm_lanes(g + s + o, sub, gn->sq, gn->ab);
   }
 }
 

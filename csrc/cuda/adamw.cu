@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) adamw_q_kernel(TensorTable tt, StepT
       float mj = q_decode_m(cm[x], dm), vj = q_decode_v(cv[x], dv);
       adamw_moments(pj, gx, mj, vj, c);
       const float rj = sqrt_rn(vj);
-      adamw_apply(pj, mj, rj, c);
+      adamw_apply_q(pj, mj, rj, c);
       mreg[k] = mj;
       rreg[k] = rj;
       xm = max_u32(xm, abs_bits(mj));

@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(kThreads) lamb_q_stage1_kernel(TensorTable tt,
         cv[x] = kv;
       }
       float wj, uj;  // u from the decoded codes: the moments as stored
-      lamb_base_update(param_load<P, MODE, float>(p, mst, x), lamb_direction(q_decode_m(km, dm), q_decode_v(kv, dv), c),
+      lamb_base_update(param_load<P, MODE, float>(p, mst, x), lamb_direction_root(q_decode_m(km, dm), q_decode_r(kv, dv), c),
                        c, wj, uj);
       add_sq(wj, uj, sw, su);
     }
@@ -211,8 +211,8 @@ __global__ void __launch_bounds__(kThreads) lamb_q_stage2_kernel(TensorTable tt,
   for (int64_t x = b + threadIdx.x; x < e; x += blockDim.x) {
     const int64_t j = (x / q.last_dim) * q.nb + (x % q.last_dim) / q.qb;
     float wj, uj;
-    const float md = q_decode_m(cm[x], q_step_m(r.sm[j])), vd = q_decode_v(cv[x], q_step_v(r.sv[j]));
-    lamb_base_update(param_load<P, MODE, float>(p, mst, x), lamb_direction(md, vd, c), c, wj, uj);
+    const float md = q_decode_m(cm[x], q_step_m(r.sm[j])), rd = q_decode_r(cv[x], q_step_v(r.sv[j]));
+    lamb_base_update(param_load<P, MODE, float>(p, mst, x), lamb_direction_root(md, rd, c), c, wj, uj);
     param_store<P, MODE, SR>(p, mst, x, wj - lr_ratio * uj, at(sd.p, sd, x));
   }
 }

@@ -30,6 +30,7 @@ struct AdamWCoeffs {
   T beta2;      // beta2
   T omb2;       // 1 - beta2
   T bc2_sqrt;   // sqrt(1 - beta2^t)
+  T inv_bc2_sqrt;  // 1 / sqrt(1 - beta2^t) (int8 moments: a multiplication instead of torch's division)
   T step_size;  // lr / (1 - beta1^t)
   T eps;
 };
@@ -49,6 +50,7 @@ LRS_HD AdamWCoeffs<T> adamw_coeffs(double lr, const double* hp, double step, dou
   c.beta2 = static_cast<T>(b2);
   c.omb2 = static_cast<T>(1.0 - b2);
   c.bc2_sqrt = static_cast<T>(::sqrt(bc2));
+  c.inv_bc2_sqrt = static_cast<T>(1.0 / ::sqrt(bc2));
   c.step_size = static_cast<T>(lr / bc1);
   c.eps = static_cast<T>(hp[layout::HP_EPS]);
   return c;
@@ -68,6 +70,15 @@ LRS_HD void adamw_moments(T& p, T g, T& m, T& v, const AdamWCoeffs<T>& c) {
 template <class T>
 LRS_HD void adamw_apply(T& p, T m, T root, const AdamWCoeffs<T>& c) {
   const T denom = root / c.bc2_sqrt + c.eps;
+  p = p - c.step_size * m / denom;
+}
+
+/// adamw_apply for int8 moments, which have no torch counterpart to follow bit for bit: the bias correction
+/// of sqrt(v) is a multiplication by its reciprocal (computed in double, as LAMB's), which leaves one
+/// division per element besides the square root the encoding needs anyway.
+template <class T>
+LRS_HD void adamw_apply_q(T& p, T m, T root, const AdamWCoeffs<T>& c) {
+  const T denom = root * c.inv_bc2_sqrt + c.eps;
   p = p - c.step_size * m / denom;
 }
 

@@ -89,10 +89,17 @@ LRS_HD void lamb_moments_stored_at(T g, T& m, T& v, const LambCoeffs<T>& c, SrAt
   v = round_stored<SR, S>(v, at_v);
 }
 
+/// The bias-corrected Adam direction from the stored first moment and ``root`` = sqrt of the stored second
+/// moment (int8 moments decode it directly: docs/compressed_state.md, "one multiply to decode").
+template <class T>
+LRS_HD T lamb_direction_root(T m, T root, const LambCoeffs<T>& c) {
+  return (m * c.inv_bc1) / (root * c.inv_bc2_sqrt + c.eps);
+}
+
 /// The bias-corrected Adam direction r from the stored moments (see lamb_moments_stored).
 template <class T>
 LRS_HD T lamb_direction(T m, T v, const LambCoeffs<T>& c) {
-  return (m * c.inv_bc1) / (sqrt_rn(v) * c.inv_bc2_sqrt + c.eps);
+  return lamb_direction_root(m, sqrt_rn(v), c);
 }
 
 /// The decay base w and the update u whose norms give the trust ratio.

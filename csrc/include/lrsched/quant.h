@@ -27,11 +27,14 @@ struct q8 {};
 /// Largest supported quantization block (the CPU kernels keep one block of float32 values on the stack).
 constexpr int64_t kMaxQuantBlock = 4096;
 
-/// Round half to even for |x| < 2**22 (larger magnitudes stay beyond every code range): adding and
-/// subtracting 1.5 * 2**23 leaves the integer nearest to x under the default rounding mode.
+/// Round half to even (rint under the default rounding mode: one instruction on AVX / AVX-512 and on the
+/// GPU; the baseline x86-64 build calls the C library, with the same result).
 LRS_HD float q_rne(float x) {
-  const float magic = 12582912.0f;
-  return (x + magic) - magic;
+#if defined(__CUDA_ARCH__)
+  return rintf(x);
+#else
+  return __builtin_rintf(x);
+#endif
 }
 
 /// |x| as float32 bits (an integer whose order is the order of |x|, NaN above inf): block maxima are integer
@@ -59,17 +62,20 @@ LRS_HD int32_t q_encode_m(float m, float q) {
 }
 
 /// code_v = 0 where r = sqrt(v) == 0, else max(1, rne(r * q)) in [1, 255]: a nonzero v never becomes 0.
+/// (Every select in float, one conversion at the end: the CPU loops stay in vector registers.)
 LRS_HD int32_t q_encode_v(float r, float q) {
   float y = q_rne(r * q);
   y = (y == y) ? y : 0.0f;
   y = y < 255.0f ? y : 255.0f;
   y = y > 1.0f ? y : 1.0f;
-  return r == 0.0f ? 0 : static_cast<int32_t>(y);
+  y = r != 0.0f ? y : 0.0f;
+  return static_cast<int32_t>(y);
 }
 
 LRS_HD float q_decode_m(int8_t code, float step) { return static_cast<float>(code) * step; }
 /// sqrt(v) of a second-moment code; v itself is its square (q_decode_v).
 LRS_HD float q_decode_r(uint8_t code, float step) { return static_cast<float>(code) * step; }
+/// v of a second-moment code (its square root, where a kernel needs it, is q_decode_r itself).
 LRS_HD float q_decode_v(uint8_t code, float step) {
   const float r = q_decode_r(code, step);
   return r * r;
