@@ -57,18 +57,23 @@ void adamw_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const Adam
 // int8 moments: per block, decode, update (the parameter from the fresh moments), encode
 // ====================================================================================================
 /// One quantization block [s, s + len): mb / rb receive the fresh m and sqrt(v) (scratch of the caller).
-template <class P, int64_t MODE, bool SR>
+/// GN: also the gradient-norm lanes, added while encoding (from g itself, or from gb for 16-bit gradients).
+template <class P, int64_t MODE, bool SR, bool GN>
 void adamw_q_block(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTRICT cm, uint8_t* LRS_RESTRICT cv,
-                   master_t<MODE>* LRS_RESTRICT mst, float* LRS_RESTRICT mb, float* LRS_RESTRICT rb, int64_t s,
-                   int64_t len, float* LRS_RESTRICT scale_m, float* LRS_RESTRICT scale_v,
-                   const AdamWCoeffs<float> c, const Seeds sd) {
+                   master_t<MODE>* LRS_RESTRICT mst, float* LRS_RESTRICT mb, float* LRS_RESTRICT rb,
+                   float* LRS_RESTRICT gb, int64_t s, int64_t len, float* LRS_RESTRICT scale_m,
+                   float* LRS_RESTRICT scale_v, const AdamWCoeffs<float> c, const Seeds sd, double* acc_sq,
+                   double* acc_abs) {
+  constexpr bool float_grads = std::is_same<P, float>::value;
   const float dm = q_step_m(*scale_m), dv = q_step_v(*scale_v);
   uint32_t xm = 0, xv = 0;
   for (int64_t j = 0; j < len; ++j) {
     const int64_t x = s + j;
     float pj = param_load<P, MODE, float>(p, mst, x);
     float mj = q_decode_m(cm[x], dm), vj = q_decode_v(cv[x], dv);
-    adamw_moments(pj, load(g[x]), mj, vj, c);
+    const float gj = load(g[x]);
+    if constexpr (GN && !float_grads) gb[j] = gj;
+    adamw_moments(pj, gj, mj, vj, c);
     const float rj = sqrt_rn(vj);
     adamw_apply_q(pj, mj, rj, c);
     mb[j] = mj;
@@ -79,7 +84,14 @@ void adamw_q_block(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTR
   }
   const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
   const float qm = q_recip_m(sm), qv = q_recip_v(sv);
-  encode_block(mb, rb, len, sm, sv, qm, qv, cm + s, cv + s);
+  if constexpr (GN) {
+    const float* gf;
+    if constexpr (float_grads) gf = reinterpret_cast<const float*>(g) + s;
+    else gf = gb;
+    encode_block<true>(mb, rb, len, sm, sv, qm, qv, cm + s, cv + s, gf, acc_sq, acc_abs);
+  } else {
+    encode_block(mb, rb, len, sm, sv, qm, qv, cm + s, cv + s);
+  }
   *scale_m = sm;
   *scale_v = sv;
 }
@@ -90,16 +102,17 @@ void adamw_q_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const Ad
   const Seeds sd = seeds_of(w, i);
   alignas(64) float mb[kMaxQuantBlock];
   alignas(64) float rb[kMaxQuantBlock];
-  for_chunks(w, i, kb, kend, [&](int64_t k, int64_t cb, int64_t ce) {
+  alignas(64) float gb[std::is_same<P, float>::value ? 1 : kMaxQuantBlock];
+  for_chunks(w, i, kb, kend, [&](int64_t k, int64_t, int64_t) {
     GnormAcc acc;
-    int64_t pending = cb;  // blocks are contiguous: their gradient-norm lanes in pieces of kGnormPiece or more
     for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
       prefetch_ahead(t, s, len, w.tt->numel[i]);
-      adamw_q_block<P, MODE, SR>(t.p, t.g, t.m, t.v, t.mst, mb, rb, s, len, t.sm + j, t.sv + j, c, sd);
-      if (w.gnorm && (s + len - pending >= kGnormPiece || s + len == ce)) {
-        gnorm_range(t.g, pending, s + len, acc.sq, acc.ab);
-        pending = s + len;
-      }
+      if (w.gnorm)
+        adamw_q_block<P, MODE, SR, true>(t.p, t.g, t.m, t.v, t.mst, mb, rb, gb, s, len, t.sm + j, t.sv + j, c, sd,
+                                         acc.sq, acc.ab);
+      else
+        adamw_q_block<P, MODE, SR, false>(t.p, t.g, t.m, t.v, t.mst, mb, rb, gb, s, len, t.sm + j, t.sv + j, c, sd,
+                                          nullptr, nullptr);
     });
     acc.flush(w, k);
   });

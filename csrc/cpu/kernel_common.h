@@ -155,12 +155,26 @@ inline void gnorm_range(const P* LRS_RESTRICT g, int64_t b, int64_t e, double* L
 /// product is NaN, so the codes are clamped first and then rounded to nearest even by adding 1.5 * 2**23:
 /// the integer is the difference of the bit patterns (clamping before rounding gives the same codes).
 /// Blocks with a non-finite scale or reciprocal take the scalar path.
+template <bool GN = false>
 inline void encode_block(const float* LRS_RESTRICT mb, const float* LRS_RESTRICT rb, int64_t len, float sm, float sv,
-                         float qm, float qv, int8_t* LRS_RESTRICT cm, uint8_t* LRS_RESTRICT cv) {
+                         float qm, float qv, int8_t* LRS_RESTRICT cm, uint8_t* LRS_RESTRICT cv,
+                         const float* LRS_RESTRICT gf = nullptr, double* LRS_RESTRICT acc_sq = nullptr,
+                         double* LRS_RESTRICT acc_abs = nullptr) {
   typedef int32_t v16i __attribute__((vector_size(16 * sizeof(int32_t))));
   typedef int8_t v16c __attribute__((vector_size(16)));
   typedef uint8_t v16u __attribute__((vector_size(16)));
   const float big = 3.0e38f;  // finite: |x| <= big excludes inf and NaN
+  // GN: the gradient-norm lanes of the block's gradient gf (lane l: elements j % 16 == l, folded into the
+  // double lanes after every kSub elements and at the end), in this loop rather than a pass of their own
+  v16f sq = {}, ab = {};
+  auto fold = [&]() {
+    for (int l = 0; l < kLanes; ++l) {
+      acc_sq[l] += static_cast<double>(sq[l]);
+      acc_abs[l] += static_cast<double>(ab[l]);
+    }
+    sq = v16f{};
+    ab = v16f{};
+  };
   int64_t j = 0;
   if (sm <= big && sv <= big && qm <= big && qv <= big) {
     const v16f zero = {}, magic = zero + 12582912.0f, one = zero + 1.0f;
@@ -183,11 +197,27 @@ inline void encode_block(const float* LRS_RESTRICT mb, const float* LRS_RESTRICT
       const v16u codes_v = __builtin_convertvector(kv, v16u);
       __builtin_memcpy(cm + j, &codes_m, sizeof codes_m);
       __builtin_memcpy(cv + j, &codes_v, sizeof codes_v);
+      if constexpr (GN) {
+        v16f gv;
+        __builtin_memcpy(&gv, gf + j, sizeof gv);
+        sq += gv * gv;
+        ab += reinterpret_cast<v16f>(reinterpret_cast<v16i>(gv) & 0x7FFFFFFF);
+        if ((j + kLanes) % kSub == 0) fold();
+      }
     }
   }
   for (; j < len; ++j) {
     cm[j] = static_cast<int8_t>(q_encode_m(mb[j], qm));
     cv[j] = static_cast<uint8_t>(q_encode_v(rb[j], qv));
+    if constexpr (GN) {
+      const float gj = gf[j];
+      sq[j % kLanes] += gj * gj;
+      ab[j % kLanes] += gj < 0.0f ? -gj : gj;
+      if ((j + 1) % kSub == 0) fold();
+    }
+  }
+  if constexpr (GN) {
+    if (len % kSub != 0) fold();
   }
 }
 

@@ -101,6 +101,7 @@ struct QBlockBuf {
   alignas(64) float r[kMaxQuantBlock];
   alignas(64) int8_t cm[kMaxQuantBlock];
   alignas(64) uint8_t cv[kMaxQuantBlock];
+  alignas(64) float g[kMaxQuantBlock];  // 16-bit gradients as float, for the gradient-norm lanes
 };
 
 /// w and u of element x from the stored codes (cm, cv: the block's codes, indexed by j = x - s).
@@ -112,13 +113,15 @@ inline void lamb_q_wu(const P* LRS_RESTRICT p, const master_t<MODE>* LRS_RESTRIC
 }
 
 /// Stage 1 over one quantization block [s, s + len): update, encode (and, STORE, write codes and scales),
-/// then w and u from the decoded codes (and, STORE_U, u into u_out) and their squares into the lanes.
+/// then w and u from the decoded codes (and, STORE_U, u into u_out) and their squares into the lanes; with
+/// gn, the gradient-norm lanes while encoding (as AdamW's).
 template <class P, int64_t MODE, bool STORE, bool STORE_U>
 void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTRICT cm,
                   uint8_t* LRS_RESTRICT cv, const master_t<MODE>* LRS_RESTRICT mst, float* LRS_RESTRICT u_out,
                   int64_t s, int64_t len, float* LRS_RESTRICT scale_m, float* LRS_RESTRICT scale_v,
                   const LambCoeffs<float> c, QBlockBuf* LRS_RESTRICT buf, double* LRS_RESTRICT acc_w,
-                  double* LRS_RESTRICT acc_u) {
+                  double* LRS_RESTRICT acc_u, GnormAcc* gn) {
+  constexpr bool float_grads = std::is_same<P, float>::value;
   float* LRS_RESTRICT mb = buf->m;
   float* LRS_RESTRICT rb = buf->r;
   // the codes: written in place when they are stored, else kept in the buffer
@@ -129,7 +132,9 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
   for (int64_t j = 0; j < len; ++j) {
     const int64_t x = s + j;
     float mj = q_decode_m(cm[x], dm0), vj = q_decode_v(cv[x], dv0);
-    lamb_moments(load(g[x]), mj, vj, c);
+    const float gj = load(g[x]);
+    if constexpr (!float_grads) buf->g[j] = gj;
+    lamb_moments(gj, mj, vj, c);
     const float rj = sqrt_rn(vj);
     mb[j] = mj;
     rb[j] = rj;
@@ -138,7 +143,14 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
   }
   const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
   const float qm = q_recip_m(sm), qv = q_recip_v(sv);
-  encode_block(mb, rb, len, sm, sv, qm, qv, bm, bv);
+  if (gn) {
+    const float* gf;
+    if constexpr (float_grads) gf = reinterpret_cast<const float*>(g) + s;
+    else gf = buf->g;
+    encode_block<true>(mb, rb, len, sm, sv, qm, qv, bm, bv, gf, gn->sq, gn->ab);
+  } else {
+    encode_block(mb, rb, len, sm, sv, qm, qv, bm, bv);
+  }
   if constexpr (STORE) {
     *scale_m = sm;
     *scale_v = sv;

@@ -35,24 +35,19 @@ struct Lamb {
         GnormAcc* gp = w.gnorm ? &gn : nullptr;
         if constexpr (Q) {
           QBlockBuf buf;
-          int64_t pending = cb;  // gradient-norm lanes in pieces of whole blocks (as AdamW's)
           for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
             prefetch_ahead(t, s, len, tt.numel[i]);
             float* sm = t.sm + j;
             float* sv = t.sv + j;
             if (a.skip)
               lamb_q_pass1<P, MODE, false, false>(t.p, t.g, t.m, t.v, t.mst, nullptr, s, len, sm, sv, coeffs[i], &buf,
-                                                  acc_w, acc_u);
+                                                  acc_w, acc_u, gp);
             else if (u_out)
               lamb_q_pass1<P, MODE, true, true>(t.p, t.g, t.m, t.v, t.mst, u_out, s, len, sm, sv, coeffs[i], &buf,
-                                                acc_w, acc_u);
+                                                acc_w, acc_u, gp);
             else
               lamb_q_pass1<P, MODE, true, false>(t.p, t.g, t.m, t.v, t.mst, nullptr, s, len, sm, sv, coeffs[i], &buf,
-                                                 acc_w, acc_u);
-            if (gp && (s + len - pending >= kGnormPiece || s + len == ce)) {
-              gnorm_range(t.g, pending, s + len, gn.sq, gn.ab);
-              pending = s + len;
-            }
+                                                 acc_w, acc_u, gp);
           });
         } else if (u_out) {
           lamb_pass1<P, S, MODE, SR, true>(t.p, t.g, t.m, t.v, t.mst, u_out, cb, ce, coeffs[i], sd, acc_w, acc_u, gp);
