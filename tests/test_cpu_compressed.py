@@ -787,3 +787,29 @@ def test_unsupported_combinations_name_the_master_mode():
     batch.master_params = [torch.zeros(4, 300, dtype=torch.int8)]  # compact corrections of an fp32 param
     with pytest.raises(BackendUnavailable, match="int8 compact master"):
         CpuBackend().adamw(batch, context([hp_row("adamw")], torch.zeros(2, dtype=torch.int64)), amsgrad=False)
+
+
+@pytest.mark.parametrize("pdtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_gradient_norm_lanes_change_no_update(pdtype):
+    """AdamW with and without gnorm_out gives the same bits (fp32 has a loop of its own for it), on every
+    instruction set, and the partials are the same on every instruction set."""
+    sizes = [(70000,), (3, 333), (5,)]
+    isas = extension.available_isas()
+    before = extension.isa()
+    results = {}
+    try:
+        for isa in isas:
+            assert extension.set_isa(isa)
+            for gnorm in (False, True):
+                b = Bucket(sizes, pdtype, "fp32" if pdtype == torch.bfloat16 else "none",
+                           moments=torch.float64 if pdtype == torch.float64 else torch.float32, seed=3)
+                for step in range(2):
+                    grads = b.new_grads()
+                    ctx = context([hp_row("adamw")], torch.tensor([step, 0]))
+                    CpuBackend(threads=2).adamw(b.batch(grads, gnorm=gnorm), ctx, amsgrad=False)
+                results[isa, gnorm] = b.snapshot()
+    finally:
+        extension.set_isa(before)
+    for isa in isas:
+        bits_equal(results[isa, False][:-1], results[isa, True][:-1], f"{isa}: with / without gnorm_out")
+        bits_equal(results[isas[0], True], results[isa, True], f"{isas[0]} vs {isa}")

@@ -38,7 +38,9 @@ struct TensorTable {
 // Accessors as free functions with internal linkage (inline member functions would be merged by the linker
 // across the per-ISA translation units, see lrsched/config.h).
 static inline bool quantized(const TensorTable& tt) { return tt.sdtype == layout::DT_I8; }
-static inline int64_t last_dim_of(const TensorTable& tt, int64_t i) { return tt.last_dim ? tt.last_dim[i] : tt.numel[i]; }
+static inline int64_t last_dim_of(const TensorTable& tt, int64_t i) {
+  return tt.last_dim ? tt.last_dim[i] : tt.numel[i];
+}
 static inline int64_t offset_of(const TensorTable& tt, int64_t i) { return tt.elem_offset ? tt.elem_offset[i] : 0; }
 static inline int64_t salt_of(const TensorTable& tt, int64_t i) { return tt.salt ? tt.salt[i] : i; }
 

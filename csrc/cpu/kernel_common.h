@@ -276,7 +276,8 @@ struct Seeds {
 inline Seeds seeds_of(const Work& w, int64_t i) {
   const int64_t salt = salt_of(*w.tt, i);
   return Seeds{static_cast<uint32_t>(offset_of(*w.tt, i)), sr_seed(w.clock32, salt, layout::SR_STREAM_PARAM),
-               sr_seed(w.clock32, salt, layout::SR_STREAM_EXP_AVG), sr_seed(w.clock32, salt, layout::SR_STREAM_EXP_AVG_SQ)};
+               sr_seed(w.clock32, salt, layout::SR_STREAM_EXP_AVG),
+               sr_seed(w.clock32, salt, layout::SR_STREAM_EXP_AVG_SQ)};
 }
 
 inline SrAt at(uint32_t seed, const Seeds& sd, int64_t x) { return SrAt{sd.off + static_cast<uint32_t>(x), seed}; }

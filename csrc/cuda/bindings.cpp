@@ -84,7 +84,8 @@ PYBIND11_MODULE(_cuda, m) {
   });
   m.def("grad_sumsq", [](const BatchDesc& t, int64_t grad_scale, int64_t partials, int64_t out,
                          int64_t stream) {
-    grad_sumsq(tensor_table(t), ptr<const float>(grad_scale), ptr<double>(partials), ptr<float>(out), ptr<void>(stream));
+    grad_sumsq(tensor_table(t), ptr<const float>(grad_scale), ptr<double>(partials), ptr<float>(out),
+               ptr<void>(stream));
     check();
   });
   m.def("advance", [](const std::array<int64_t, 10>& c, int64_t steps, int64_t nsteps, int64_t lr_out, int64_t tokens,

@@ -88,7 +88,8 @@ __device__ __forceinline__ void block_chunk(const TensorTable& tt, int64_t* i, i
 }
 
 /// Element range [b, e) of a chunk (whole quantization blocks for int8 moments).
-__device__ __forceinline__ void chunk_elems(const TensorTable& tt, const Row& r, int64_t chunk, int64_t* b, int64_t* e) {
+__device__ __forceinline__ void chunk_elems(const TensorTable& tt, const Row& r, int64_t chunk, int64_t* b,
+                                            int64_t* e) {
   if (tt.sdtype != layout::DT_I8) {
     *b = chunk * kChunkElems;
     *e = min(*b + kChunkElems, r.numel);

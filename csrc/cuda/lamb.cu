@@ -173,8 +173,8 @@ __global__ void __launch_bounds__(kThreads) lamb_q_stage1_kernel(TensorTable tt,
         cv[x] = kv;
       }
       float wj, uj;  // u from the decoded codes: the moments as stored
-      lamb_base_update(param_load<P, MODE, float>(p, mst, x), lamb_direction_root(q_decode_m(km, dm), q_decode_r(kv, dv), c),
-                       c, wj, uj);
+      const float dir = lamb_direction_root(q_decode_m(km, dm), q_decode_r(kv, dv), c);
+      lamb_base_update(param_load<P, MODE, float>(p, mst, x), dir, c, wj, uj);
       add_sq(wj, uj, sw, su);
     }
     if (store_codes && active && lane == 0) {

@@ -137,7 +137,8 @@ struct QBucket {
   static bool eq(const std::vector<std::vector<V>>& a, const std::vector<std::vector<V>>& b) {
     if (a.size() != b.size()) return false;
     for (size_t i = 0; i < a.size(); ++i)
-      if (a[i].size() != b[i].size() || (!a[i].empty() && std::memcmp(a[i].data(), b[i].data(), a[i].size() * sizeof(V))))
+      if (a[i].size() != b[i].size() ||
+          (!a[i].empty() && std::memcmp(a[i].data(), b[i].data(), a[i].size() * sizeof(V))))
         return false;
     return true;
   }

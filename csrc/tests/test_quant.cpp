@@ -118,7 +118,8 @@ TEST(codec_edge_cases) {
   CHECK(q_recip_m(inf) == 0.0f && q_recip_m(nan) == 0.0f);  // a non-finite block decodes to NaN from its scale
   CHECK(std::isnan(q_decode_m(0, q_step_m(nan))) && std::isnan(q_decode_m(0, q_step_m(inf))));
   const float tiny = 1e-40f;  // 127 / s overflows: codes saturate, zeros stay 0
-  CHECK(std::isinf(q_recip_m(tiny)) && q_encode_m(tiny, q_recip_m(tiny)) == 127 && q_encode_m(0.0f, q_recip_m(tiny)) == 0);
+  CHECK(std::isinf(q_recip_m(tiny)) && q_encode_m(tiny, q_recip_m(tiny)) == 127);
+  CHECK(q_encode_m(0.0f, q_recip_m(tiny)) == 0);
   CHECK(q_encode_m(-tiny, q_recip_m(tiny)) == -127);
   CHECK(q_encode_m(0.5f, 127.0f / 0.5f) == 127 && q_encode_m(-1.0f, 127.0f) == -127);
   CHECK(q_encode_m(0.5f / 127.0f, 127.0f) == 0 || q_encode_m(0.5f / 127.0f, 127.0f) == 1);
@@ -245,7 +246,8 @@ TEST(stochastic_rounding_is_the_stated_hash) {
       for (int64_t salt : {int64_t(0), int64_t(3), (int64_t(1) << 32) + 9}) {
         for (int64_t stream : {L::SR_STREAM_PARAM, L::SR_STREAM_EXP_AVG, L::SR_STREAM_EXP_AVG_SQ}) {
           const uint32_t x = (index * 0x9E3779B1u) ^ (static_cast<uint32_t>(clock) * 0x85EBCA77u) ^
-                             (static_cast<uint32_t>(salt) * 0xC2B2AE3Du) ^ (static_cast<uint32_t>(stream) * 0x27D4EB2Fu);
+                             (static_cast<uint32_t>(salt) * 0xC2B2AE3Du) ^
+                             (static_cast<uint32_t>(stream) * 0x27D4EB2Fu);
           CHECK(sr_bits(index, sr_seed(clock, salt, stream)) == (lowbias32(x) & 0xFFFFu));
         }
       }
