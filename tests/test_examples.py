@@ -99,15 +99,6 @@ def need(*modules: str) -> None:
         pytest.skip(f"not installed: {', '.join(missing)} (pip install -e '.[test]')")
 
 
-def kernel_scheduler_logs_next_lr() -> bool:
-    from test_trainers_hf import kernel_scheduler_logs_next_lr as probe
-
-    return probe()
-
-
-@pytest.mark.xfail(kernel_scheduler_logs_next_lr(), strict=True,
-                   reason="the HF Trainer logs KernelLRScheduler.get_last_lr() between opt.step() and sched.step(), "
-                          "where it is the next step's lr (see tests/test_trainers_hf.py)")
 def test_hf_trainer_matches_torch_and_resumes_exactly():
     need("transformers", "accelerate")
     out = run(str(EXAMPLES / "hf_trainer.py"), "--steps", "12")

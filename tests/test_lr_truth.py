@@ -118,9 +118,11 @@ def test_the_scheduler_object_follows_and_never_drives(backend):
         tiny_backward(model, k)
         tiny_backward(twin, k)
         ours.step()
+        ref.step()
+        # between optimizer.step() and scheduler.step() (where the HF Trainer logs): the lr just used
+        assert sched.get_last_lr() == pytest.approx(lambda_lr.get_last_lr(), rel=1e-12)
         for _ in range(1 + k % 3):  # accelerate steps it once per process: extra calls change nothing
             sched.step()
-        ref.step()
         lambda_lr.step()
         assert sched.get_last_lr() == pytest.approx(lambda_lr.get_last_lr(), rel=1e-12)
     for p, q in zip(model.parameters(), twin.parameters()):

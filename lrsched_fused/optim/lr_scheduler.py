@@ -8,9 +8,12 @@ clock. This scheduler only *reports* it:
 
 * ``step()`` never changes what the kernel uses (it writes no ``group["lr"]``): extra or missing calls
   (accelerate steps it once per process; gradient accumulation skips some) change nothing;
-* ``get_last_lr()`` is the lr the next optimizer step will use, what ``LambdaLR`` returns for the same
-  schedule at the same point: the optimizer's ``group["lr"]`` values (``lrsched_fused/optim/lr_view.py``),
-  corrected from the device when a step may have been skipped (a GradScaler), else with no host sync;
+* ``get_last_lr()`` returns what ``LambdaLR`` returns for the same schedule at the same point: the lr
+  read at its last ``step()`` (or at construction), i.e. the lr the next optimizer step will use right
+  after ``scheduler.step()``, and still the lr the last update used between ``optimizer.step()`` and
+  ``scheduler.step()``, where the HF Trainer logs it. The value is the optimizer's ``group["lr"]``
+  (``lrsched_fused/optim/lr_view.py``), corrected from the device at ``step()`` when an optimizer step may
+  have been skipped (a GradScaler), else with no host sync;
 * ``state_dict()`` / ``load_state_dict()`` round-trip (its own counters); the lr comes from the optimizer's
   clock, which travels in the optimizer's state dict, so a resume continues exactly in any load order.
 
@@ -52,8 +55,9 @@ class KernelLRScheduler(torch.optim.lr_scheduler.LRScheduler):
         self._last_lr = self._current()
 
     def get_last_lr(self) -> list[float]:
-        """The lr each group's next step will use (as ``LambdaLR`` after the same number of updates)."""
-        return self._current()
+        """The lr read at the last ``step()``, as ``LambdaLR``: the lr the next update will use once the
+        scheduler has stepped after the optimizer, and the one the last update used in between."""
+        return list(self._last_lr)
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
