@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     tabs = bucket.batch.cache["cpu"]
 
     def kernel() -> None:
-        cpu_backend._ext.adamw(tabs.addr, tabs.n, tabs.pdtype, tabs.sdtype, tabs.has_max, tabs.has_master,
-                               cpu_backend._ctx_addrs(ctx, bucket.batch), False, args.threads)
+        cpu_backend._ext.adamw(tabs.desc, cpu_backend._ctx_addrs(ctx, bucket.batch), False, tabs.gnorm, args.threads)
 
     times = interleaved({"step()": ours.step, "C++ call only": kernel, "step(), validation free": fast_step,
                          "torch AdamW fused": ref.step}, repeats=args.repeats, warmup=3)
