@@ -16,6 +16,7 @@ from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import Phase, ScheduleTables
 
 from ._api import StepContext, TensorBatch
+from .reference_storage import TensorState
 
 __all__ = ["ReferenceBackend", "schedule_value_from_tables"]
 
@@ -31,10 +32,6 @@ def schedule_value_from_tables(ints: list[list[int]], floats: list[list[float]],
     v0, v1, a, b, c = floats[k]
     phase = Phase(L.SHAPE_NAMES[shape], min(length, 2**62), v0, v1, a=a, b=b, c=c, span=min(max(span, length), 2**62))
     return phase.value_at(t, start)
-
-
-def _round_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x.to(dtype)  # torch casts round to nearest even
 
 
 class ReferenceBackend:
@@ -76,25 +73,32 @@ class ReferenceBackend:
         return torch.float64 if batch.dtype == torch.float64 else torch.float32
 
     @staticmethod
-    def _write_param(batch: TensorBatch, i: int, new: torch.Tensor) -> None:
-        if batch.master_params is not None:
-            batch.master_params[i].copy_(new)
-        batch.params[i].copy_(_round_to(new, batch.dtype))
+    def _gnorm(batch: TensorBatch, ctx: StepContext, compute: torch.dtype) -> None:
+        """``batch.gnorm_out[0] = (sum g^2, sum |g|)`` of ``grad / grad_scale`` over the batch (float64)."""
+        if batch.gnorm_out is None:
+            return
+        sq = ab = 0.0
+        for g in batch.grads:
+            g64 = ReferenceBackend._grad(g, ctx, compute).double()
+            sq += float((g64 * g64).sum())
+            ab += float(g64.abs().sum())
+        batch.gnorm_out[0, L.GN_SUMSQ] = sq
+        batch.gnorm_out[0, L.GN_SUMABS] = ab
 
-    @staticmethod
-    def _read_param(batch: TensorBatch, i: int, compute: torch.dtype) -> torch.Tensor:
-        src = batch.master_params[i] if batch.master_params is not None else batch.params[i]
-        return src.to(compute)
+    def gnorm_rows(self, batch: TensorBatch) -> int:
+        return 1
 
     # -- AdamW -----------------------------------------------------------------------------------------
     def adamw(self, batch: TensorBatch, ctx: StepContext, *, amsgrad: bool) -> None:
+        compute = self._compute_dtype(batch)
+        self._gnorm(batch, ctx, compute)
         if self._skipped(ctx):
             return
         lrs = self._group_lrs(ctx)
         hp = ctx.hparams.tolist()
         groups = batch.group_index.tolist()
         steps = batch.steps.tolist()
-        compute = self._compute_dtype(batch)
+        clock = int(ctx.clock[L.CLOCK_STEPS])
         for i in range(len(batch)):
             h = hp[groups[i]]
             lr, b1, b2, eps, wd = lrs[groups[i]], h[L.HP_BETA1], h[L.HP_BETA2], h[L.HP_EPS], h[L.HP_WEIGHT_DECAY]
@@ -102,9 +106,10 @@ class ReferenceBackend:
             g = self._grad(batch.grads[i], ctx, compute)
             if h[L.HP_MAXIMIZE]:
                 g = -g
-            p = self._read_param(batch, i, compute)
-            m = batch.exp_avgs[i].to(compute)
-            v = batch.exp_avg_sqs[i].to(compute)
+            st = TensorState(batch, i, clock)
+            p = st.read_param(compute)
+            m = st.read_moment("m", compute)
+            v = st.read_moment("v", compute)
             p = p * (1.0 - lr * wd)
             m = m + (g - m) * (1.0 - b1)
             v = v * b2 + (1.0 - b2) * g * g
@@ -116,39 +121,41 @@ class ReferenceBackend:
             bc1 = 1.0 - b1 ** t
             bc2 = 1.0 - b2 ** t
             denom = denom_v.sqrt() / math.sqrt(bc2) + eps
-            p = p - (lr / bc1) * m / denom
-            batch.exp_avgs[i].copy_(m)
-            batch.exp_avg_sqs[i].copy_(v)
-            self._write_param(batch, i, p)
+            p = p - (lr / bc1) * m / denom  # from the fresh moments (torch's meaning), then they are stored
+            st.write_moment("m", m)
+            st.write_moment("v", v)
+            st.write_param(p)
 
     # -- LAMB ------------------------------------------------------------------------------------------
     def lamb(self, batch: TensorBatch, ctx: StepContext, *, norms_out: torch.Tensor,
              clip_div: torch.Tensor | None, allreduce: Callable[[torch.Tensor], None] | None) -> None:
         skipped = self._skipped(ctx)
+        compute = self._compute_dtype(batch)
+        self._gnorm(batch, ctx, compute)
         lrs = self._group_lrs(ctx)
         hp = ctx.hparams.tolist()
         groups = batch.group_index.tolist()
         steps = batch.steps.tolist()
-        compute = self._compute_dtype(batch)
+        clock = int(ctx.clock[L.CLOCK_STEPS])
         n = len(batch)
-        updates, bases, moments = [], [], []
+        updates, bases, commits, states = [], [], [], []
         sums = torch.zeros(n, 2, dtype=torch.float32, device=batch.device)
         for i in range(n):
             h = hp[groups[i]]
             lr, b1, b2, eps, wd = lrs[groups[i]], h[L.HP_BETA1], h[L.HP_BETA2], h[L.HP_EPS], h[L.HP_WEIGHT_DECAY]
             t = steps[i] + 1.0
             g = self._grad(batch.grads[i], ctx, compute, clip_div)
-            p = self._read_param(batch, i, compute)
-            m = batch.exp_avgs[i].to(compute)
-            v = batch.exp_avg_sqs[i].to(compute)
+            st = TensorState(batch, i, clock)
+            p = st.read_param(compute)
+            m = st.read_moment("m", compute)
+            v = st.read_moment("v", compute)
             beta3 = (1.0 - b1) if h[L.HP_GRAD_AVERAGING] else 1.0
             m = b1 * m + beta3 * g
             v = b2 * v + (1.0 - b2) * g * g
-            # r from the moments as stored (rounded to the state dtype; a no-op for fp32/fp64 states), so the
-            # update applied is the one whose norm gives the ratio, as on every backend
-            state_dtype = batch.exp_avgs[i].dtype
-            m = _round_to(m, state_dtype).to(compute)
-            v = _round_to(v, state_dtype).to(compute)
+            # r from the moments as stored (rounded, or encoded, to the state's form), so the update applied
+            # is the one whose norm gives the ratio, as on every backend
+            m, commit_m = st.stored_moment("m", m, compute)
+            v, commit_v = st.stored_moment("v", v, compute)
             bc1, bc2 = (1.0 - b1 ** t, 1.0 - b2 ** t) if h[L.HP_BIAS_CORRECTION] else (1.0, 1.0)
             r = (m / bc1) / (v.sqrt() / math.sqrt(bc2) + eps)
             if h[L.HP_DECOUPLED]:
@@ -159,7 +166,8 @@ class ReferenceBackend:
             sums[i, 1] = (u.double() ** 2).sum().float() if u.numel() else 0.0
             updates.append(u)
             bases.append(w)
-            moments.append((m, v))
+            commits.append((commit_m, commit_v))
+            states.append(st)
         if allreduce is not None:
             allreduce(sums)
         for i in range(n):
@@ -174,10 +182,9 @@ class ReferenceBackend:
             norms_out[i, L.NORM_RATIO] = ratio
             if skipped:
                 continue
-            m, v = moments[i]
-            batch.exp_avgs[i].copy_(m)
-            batch.exp_avg_sqs[i].copy_(v)
-            self._write_param(batch, i, bases[i] - lrs[groups[i]] * ratio * updates[i])
+            for commit in commits[i]:
+                commit()
+            states[i].write_param(bases[i] - lrs[groups[i]] * ratio * updates[i])
 
     # -- the rest --------------------------------------------------------------------------------------
     def grad_sumsq(self, batch: TensorBatch, ctx: StepContext) -> torch.Tensor:
@@ -191,6 +198,9 @@ class ReferenceBackend:
         lr_out.copy_(torch.tensor(self._group_lrs(ctx), dtype=torch.float32))
         if self._skipped(ctx):
             return
+        if ctx.history is not None and ctx.gnorm_partials is not None:
+            totals = ctx.gnorm_partials.double().sum(dim=0)  # rows in order (float64)
+            ctx.history[int(ctx.clock[L.CLOCK_STEPS]) % ctx.history.shape[0]] = totals.float()
         steps.add_(1.0)
         ctx.clock[L.CLOCK_STEPS] += 1
         if tokens is not None:

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import torch
 
 from lrsched_fused._validate import MAX_CLOCK, check_count
-from lrsched_fused.functional import is_dtensor, local, normalize_group, state_dtype_for
+from lrsched_fused.functional import is_dtensor, local, normalize_group
+from lrsched_fused.functional.compressed import QUANT_KEYS
 from lrsched_fused.functional.state import MOMENT_KEYS
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import Schedule
@@ -79,13 +80,17 @@ def _loaded_group(opt, gi: int, current: dict, saved: Any, ours: bool) -> dict:
 
 
 def _state_tensor(value: Any, where: str, key: str, shape: torch.Size, device: torch.device,
-                  dtype: torch.dtype) -> torch.Tensor:
+                  dtype: torch.dtype | None, codes: tuple = ()) -> torch.Tensor:
     """A moment-like state entry checked against its parameter and moved to ``device`` / ``dtype``
-    (always a new, contiguous tensor: the checkpoint's tensors are never aliased)."""
+    (always a new, contiguous tensor: the checkpoint's tensors are never aliased). Integer ``codes`` dtypes
+    (compressed state) are kept as they are: the optimizer converts forms when it builds its plan."""
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"state[{key!r}] of {where} must be a tensor; got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise ValueError(f"state[{key!r}] of {where} must be a floating-point tensor; got {value.dtype}")
+    if value.dtype in codes:
+        dtype = value.dtype
+    elif not value.is_floating_point():
+        raise ValueError(f"state[{key!r}] of {where} must be a floating-point tensor"
+                         f"{' or integer codes' if codes else ''}; got {value.dtype}")
     if tuple(local(value).shape) != tuple(shape):
         raise ValueError(f"state[{key!r}] of {where} has shape {tuple(local(value).shape)} but the parameter has "
                          f"shape {tuple(shape)}: the state does not fit the model")
@@ -277,7 +282,9 @@ def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
         missing = [k for k in ("step", "exp_avg", "exp_avg_sq") if k not in st]
         if missing:
             raise ValueError(f"the loaded state of {where} lacks {missing}")
-        pdev, shape, sdt = local(p).device, local(p).shape, state_dtype_for(p.dtype, opt.options["state_dtype"])
+        fmt = opt.state_format
+        pdev, shape = local(p).device, local(p).shape
+        sdt = torch.float32 if fmt.quantized(p) else fmt.moment_dtype(p)  # codes come later (the plan encodes)
         new: dict[str, Any] = {}
         for k, v in st.items():
             if k == "step":
@@ -288,9 +295,15 @@ def prepare_load(opt, state_dict: Mapping[str, Any]) -> LoadedState:
             elif k == STATE_CLOCK_KEY:
                 clocks.append((*_state_clock(v, where), where))
             elif k in MOMENT_KEYS:
-                new[k] = _state_tensor(v, where, k, shape, pdev, sdt)
+                new[k] = _state_tensor(v, where, k, shape, pdev, sdt, codes=(torch.int8, torch.uint8))
+            elif k in QUANT_KEYS.values():  # block scales: shaped by the quantization block, checked at the plan
+                if not isinstance(v, torch.Tensor) or v.dtype != torch.float32:
+                    raise ValueError(f"state[{k!r}] of {where} must be a float32 tensor of block scales")
+                new[k] = v.to(dtype=torch.float32, copy=True) if is_dtensor(v) else v.detach().to(pdev, copy=True)
             elif k == "master_param":
                 new[k] = _state_tensor(v, where, k, shape, pdev, torch.float32)
+            elif k == "master_correction":
+                new[k] = _state_tensor(v, where, k, shape, pdev, None, codes=(torch.int8, torch.int16))
             elif isinstance(v, torch.Tensor):
                 new[k] = v.detach().to(device=pdev, copy=True)
             else:

@@ -31,13 +31,14 @@ Pieces, bottom up:
 
 from lrsched_fused.backends import TensorBatch
 
+from .compressed import StateFormat, check_storage_options
 from .hyperparams import UNIT_SCHEDULE, AdamWHyper, GroupConfig, LambHyper, normalize_group, read_group
 from .ops import GroupTables, adamw, advance, grad_sumsq, lamb, new_clock, resolve_backend
 from .state import (LOW_PRECISION, STATE_DTYPE_OPTIONS, SUPPORTED_DTYPES, check_state, check_state_dtype_option,
                     flat, init_state, is_dense, is_dtensor, local, make_batch, same_layout, state_changes,
                     state_dtype_for, wants_master)
 
-__all__ = ["AdamWHyper", "LambHyper", "GroupConfig", "normalize_group", "read_group", "UNIT_SCHEDULE", "GroupTables",
+__all__ = ["StateFormat", "check_storage_options", "AdamWHyper", "LambHyper", "GroupConfig", "normalize_group", "read_group", "UNIT_SCHEDULE", "GroupTables",
            "new_clock", "adamw", "lamb", "grad_sumsq", "advance", "resolve_backend", "TensorBatch", "make_batch",
            "init_state", "state_changes", "check_state", "is_dense", "same_layout", "flat", "state_dtype_for", "wants_master", "check_state_dtype_option",
            "SUPPORTED_DTYPES", "LOW_PRECISION", "STATE_DTYPE_OPTIONS", "is_dtensor", "local"]

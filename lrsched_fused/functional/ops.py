@@ -41,8 +41,9 @@ class GroupTables:
         return cls(encode_tables(schedules, device), torch.tensor(rows, dtype=torch.float64, device=device))
 
     def context(self, clock: torch.Tensor, found_inf: torch.Tensor | None = None,
-                grad_scale: torch.Tensor | None = None) -> StepContext:
-        return StepContext(self.sched, self.hparams, clock, found_inf, grad_scale)
+                grad_scale: torch.Tensor | None = None, gnorm_partials: torch.Tensor | None = None,
+                history: torch.Tensor | None = None) -> StepContext:
+        return StepContext(self.sched, self.hparams, clock, found_inf, grad_scale, gnorm_partials, history)
 
 
 def new_clock(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -101,8 +102,12 @@ def grad_sumsq(batch: TensorBatch, tables: GroupTables, clock: torch.Tensor, *,
 
 def advance(tables: GroupTables, clock: torch.Tensor, steps: torch.Tensor, lr_out: torch.Tensor, *,
             tokens: torch.Tensor | None = None, found_inf: torch.Tensor | None = None,
+            gnorm_partials: torch.Tensor | None = None, history: torch.Tensor | None = None,
             backend: str | Backend = "auto") -> None:
     """End a training step: ``lr_out[g]`` = the lr group ``g`` used at this clock; then, unless
-    ``found_inf`` is nonzero, ``steps += 1`` (the update counts of the tensors updated this step),
-    ``clock[STEPS] += 1`` and ``clock[TOKENS] += tokens``. One single-program launch."""
-    resolve_backend(backend, clock.device).advance(tables.context(clock, found_inf), steps, lr_out, tokens)
+    ``found_inf`` is nonzero, ``history[clock % capacity]`` = the sum of the ``gnorm_partials`` rows the
+    updates wrote (``sum g^2``, ``sum |g|``; when both are given), ``steps += 1`` (the update counts of the
+    tensors updated this step), ``clock[STEPS] += 1`` and ``clock[TOKENS] += tokens``. One single-program
+    launch."""
+    ctx = tables.context(clock, found_inf, gnorm_partials=gnorm_partials, history=history)
+    resolve_backend(backend, clock.device).advance(ctx, steps, lr_out, tokens)

@@ -21,6 +21,9 @@ from typing import Any, Iterable
 import torch
 
 from lrsched_fused.backends import TensorBatch
+from lrsched_fused.kernels import layout as L
+
+from .compressed import QUANT_KEYS, StateFormat, elem_offset, last_dim, master_entries, moment_entries
 
 __all__ = ["SUPPORTED_DTYPES", "LOW_PRECISION", "STATE_DTYPE_OPTIONS", "check_state_dtype_option", "state_dtype_for",
            "wants_master", "init_state", "state_changes", "is_dense", "same_layout", "flat", "check_state", "is_dtensor", "local", "make_batch"]
@@ -115,23 +118,28 @@ def check_state(p: torch.Tensor, st: dict, where: str, required: Iterable[str] =
     if clock is not None and (not isinstance(clock, torch.Tensor) or clock.numel() != 2):
         raise ValueError(f"state['clock'] of {where} must be the optimizer's clock (a 2-element tensor); got {clock!r}")
     shape = local(p).shape
-    for k in MOMENT_KEYS + ("master_param",):
+    for k in MOMENT_KEYS + ("master_param", "master_correction"):
         if k not in st:
             continue
         t = st[k]
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise ValueError(f"state[{k!r}] of {where} must be a floating-point tensor; got "
-                             f"{getattr(t, 'dtype', type(t).__name__)}")
+        codes = (torch.int8, torch.uint8) if k in QUANT_KEYS else (torch.int8, torch.int16) \
+            if k == "master_correction" else ()
+        if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.dtype in codes):
+            raise ValueError(f"state[{k!r}] of {where} must be a floating-point tensor"
+                             f"{' or integer codes' if codes else ''}; got {getattr(t, 'dtype', type(t).__name__)}")
         if local(t).shape != shape:
             raise ValueError(f"state[{k!r}] of {where} has shape {tuple(local(t).shape)} but the parameter has "
                              f"shape {tuple(shape)}: the state does not fit the model")
 
 
-def state_changes(p: torch.Tensor, st: dict, *, keys: Iterable[str], state_dtype: torch.dtype, master: bool,
-                  device: torch.device, clock: torch.Tensor | None = None) -> tuple[dict, list[str]]:
+def state_changes(p: torch.Tensor, st: dict, *, keys: Iterable[str], state_dtype: torch.dtype | None = None,
+                  master: bool = False, device: torch.device, clock: torch.Tensor | None = None,
+                  fmt: StateFormat | None = None) -> tuple[dict, list[str]]:
     """What :func:`init_state` would do to ``st``, computed without touching it: ``(entries to set, keys to
     drop)``. Every new tensor (created, converted or moved) is made here, so a failure (a device that
-    cannot be reached, out of memory) raises before any state of any parameter changes."""
+    cannot be reached, out of memory) raises before any state of any parameter changes. ``fmt`` (a
+    :class:`StateFormat`) decides the form of the moments and master weights; without it, floating moments
+    of ``state_dtype`` and, with ``master``, an fp32 master copy."""
     put: dict[str, Any] = {}
     if not st:
         put["step"] = torch.zeros((), dtype=torch.float32, device=device)
@@ -139,53 +147,78 @@ def state_changes(p: torch.Tensor, st: dict, *, keys: Iterable[str], state_dtype
         put["step"] = st["step"].to(device)
     if clock is not None and st.get("clock") is not clock:
         put["clock"] = clock
-    for k in keys:
-        if k not in st:
-            put[k] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
-    for k in MOMENT_KEYS:
-        t = st.get(k)
-        if t is not None and (t.dtype != state_dtype or local(t).device != device or not same_layout(t, p)):
-            put[k] = t.to(dtype=state_dtype) if is_dtensor(t) else like_param(t, p, dtype=state_dtype, device=device)
-    drop = []
-    if master:
-        m = st.get("master_param")
-        if m is None:
-            put["master_param"] = p.detach().clone().to(torch.float32)
-        elif not is_dtensor(m) and (m.device != device or m.dtype != torch.float32 or not same_layout(m, p)):
-            put["master_param"] = like_param(m, p, dtype=torch.float32, device=device)
-    elif "master_param" in st:
-        drop.append("master_param")
+    drop: list[str] = []
+    if fmt is not None:
+        put.update(moment_entries(p, st, fmt, device))
+    if fmt is not None and fmt.quantized(p):
+        keys = [k for k in keys if k not in QUANT_KEYS]
+    else:
+        if fmt is not None:
+            state_dtype = fmt.moment_dtype(p)
+            drop += [k for k in QUANT_KEYS.values() if k in st]
+        view = {**st, **put}
+        for k in keys:
+            if k not in view:
+                put[k] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+        for k in MOMENT_KEYS:
+            t = view.get(k)
+            if t is not None and k not in put and (t.dtype != state_dtype or local(t).device != device
+                                                   or not same_layout(t, p)):
+                put[k] = t.to(dtype=state_dtype) if is_dtensor(t) else like_param(t, p, dtype=state_dtype, device=device)
+    mode = fmt.master_mode(p) if fmt is not None else (L.MASTER_FP32 if wants_master(p.dtype, master) else L.MASTER_NONE)
+    extra, gone = master_entries(p, st, mode, device)
+    put.update(extra)
+    drop += gone
+    m = put.get("master_param", st.get("master_param") if mode == L.MASTER_FP32 else None)
+    if m is not None and not is_dtensor(m) and not same_layout(m, p):
+        put["master_param"] = like_param(m, p, dtype=torch.float32, device=device)
     return put, drop
 
 
-def init_state(p: torch.Tensor, st: dict, *, keys: Iterable[str], state_dtype: torch.dtype, master: bool,
-               device: torch.device, clock: torch.Tensor | None = None) -> None:
-    """Create the missing entries of ``st`` (zeros, ``step`` 0), bring existing moments to ``state_dtype``
-    on ``device`` (contiguous) and ``step`` to ``device``. ``master``: keep (or create from ``p``) an fp32
-    ``master_param`` on ``device``, else drop it. ``clock``: the optimizer's clock, held as ``st["clock"]``.
-    (:func:`state_changes` then applied.)"""
-    put, drop = state_changes(p, st, keys=keys, state_dtype=state_dtype, master=master, device=device, clock=clock)
+def init_state(p: torch.Tensor, st: dict, *, keys: Iterable[str], state_dtype: torch.dtype | None = None,
+               master: bool = False, device: torch.device, clock: torch.Tensor | None = None,
+               fmt: StateFormat | None = None) -> None:
+    """Create the missing entries of ``st`` (zeros, ``step`` 0), bring existing moments to their form (a
+    :class:`StateFormat`, or floating ``state_dtype``) on ``device`` in ``p``'s layout, ``step`` to ``device``,
+    and the master weight to its form (``master``: an fp32 copy). ``clock``: the optimizer's clock, held as
+    ``st["clock"]``. (:func:`state_changes` then applied.)"""
+    put, drop = state_changes(p, st, keys=keys, state_dtype=state_dtype, master=master, device=device, clock=clock,
+                              fmt=fmt)
     st.update(put)
     for k in drop:
         del st[k]
 
 
 def make_batch(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], *, steps: torch.Tensor,
-               group_index: torch.Tensor, amsgrad: bool, master: bool) -> TensorBatch:
+               group_index: torch.Tensor, amsgrad: bool, master: bool | int,
+               fmt: StateFormat | None = None, salts: list[int] | None = None) -> TensorBatch:
     """The :class:`~lrsched_fused.backends.TensorBatch` of parameters and their state bundles (local shards
     of DTensors; each tensor as the flat view of its memory, :func:`flat`: gradients and state must have
-    their parameter's layout, :func:`same_layout`). ``steps`` (float32 ``[n]``) and ``group_index`` (int64 ``[n]``) are on the parameters'
-    device; ``steps`` is read as each tensor's update count and advanced by ``advance``."""
+    their parameter's layout, :func:`same_layout`). ``steps`` (float32 ``[n]``) and ``group_index`` (int64
+    ``[n]``) are on the parameters' device; ``steps`` is read as each tensor's update count and advanced by
+    ``advance``. ``master``: ``layout.MASTER_*`` (or a bool: fp32 masters); ``fmt``: the quantization block,
+    stochastic rounding (the bucket's tensors share one form); ``salts``: the parameters' positions in
+    their optimizer."""
     def lay(ts):
         return [flat(local(t)) for t in ts]
 
+    mode = (L.MASTER_FP32 if master else L.MASTER_NONE) if isinstance(master, bool) else master
+    quantized = bool(states) and states[0].get("exp_avg") is not None and states[0]["exp_avg"].dtype == torch.int8
+    master_key = "master_param" if mode == L.MASTER_FP32 else "master_correction"
     return TensorBatch(
         params=lay(params),
         grads=lay(grads),
         exp_avgs=lay(st["exp_avg"] for st in states),
         exp_avg_sqs=lay(st["exp_avg_sq"] for st in states),
         max_exp_avg_sqs=lay(st["max_exp_avg_sq"] for st in states) if amsgrad else None,
-        master_params=lay(st["master_param"] for st in states) if master else None,
+        master_params=lay(st[master_key] for st in states) if mode != L.MASTER_NONE else None,
         group_index=group_index,
         steps=steps,
+        exp_avg_scales=lay(st["exp_avg_scale"] for st in states) if quantized else None,
+        exp_avg_sq_scales=lay(st["exp_avg_sq_scale"] for st in states) if quantized else None,
+        last_dims=[last_dim(p) for p in params],
+        elem_offsets=[elem_offset(p) for p in params] if fmt is not None and fmt.stochastic_rounding else None,
+        salts=salts,
+        quant_block=fmt.quant_block if fmt is not None else L.QUANT_BLOCK,
+        stochastic_rounding=bool(fmt is not None and fmt.stochastic_rounding),
     )

@@ -84,9 +84,9 @@ import torch
 import torch.distributed as dist
 
 from lrsched_fused.checkpoint import describe_param
-from lrsched_fused.functional import check_state, init_state, is_dtensor, local, read_group, state_dtype_for, wants_master
+from lrsched_fused.functional import StateFormat, check_state, init_state, is_dtensor, local, read_group
 
-__all__ = ["ShardReduce", "make_shard_allreduce", "allreduce_flag", "shard_dims", "init_optimizer_state",
+__all__ = ["ShardReduce", "make_shard_allreduce", "reduce_history", "allreduce_flag", "shard_dims", "init_optimizer_state",
            "called_by_dcp_init", "reduce_bucket_sums", "check_global_norm_reducible"]
 
 
@@ -248,9 +248,8 @@ def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     for keys, p in todo:
         st = optimizer.state[p]
         if not st:
-            init_state(p, st, keys=keys, state_dtype=state_dtype_for(p.dtype, options["state_dtype"]),
-                       master=wants_master(p.dtype, options["master_weights"]), device=local(p).device,
-                       clock=optimizer.clock)
+            init_state(p, st, keys=keys, device=local(p).device, clock=optimizer.clock,
+                       fmt=StateFormat.from_options(options))
 
 
 def called_by_dcp_init(max_depth: int = 12) -> bool:
@@ -265,3 +264,21 @@ def called_by_dcp_init(max_depth: int = 12) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def reduce_history(hist: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
+    """Sum a gradient-norm history (float32 ``[steps, 2]`` of per-rank partial sums) across the shards, in
+    place, when every parameter is sharded alike (FSDP2: each rank holds a part of every tensor); with
+    mixed placements (replicated and sharded tensors in one optimizer) the per-rank sums cannot be separated
+    and are left as they are, with a warning."""
+    reduce = ShardReduce.for_params(params)
+    if not reduce.steps:
+        return
+    if not reduce.uniform:
+        import warnings
+
+        warnings.warn("telemetry_history(): parameters are sharded in different ways; the gradient norms are this "
+                      "rank's partial sums", RuntimeWarning, stacklevel=3)
+        return
+    for step in reduce.steps:
+        dist.all_reduce(hist, op=dist.ReduceOp.SUM, group=step.group)

@@ -40,9 +40,17 @@ class FusedAdamW(FusedOptimizer):
         backend: ``"auto"``, ``"triton"``, ``"cpu"``, ``"cuda"`` or ``"reference"``.
         skip_nonfinite: skip the update (and the clock) when any gradient holds inf/NaN, decided on the
             device. Default False (as torch: a GradScaler does this when you use one).
-        master_weights: keep fp32 master copies of bf16/fp16 parameters (``state["master_param"]``).
+        master_weights: ``True``: fp32 master copies of bf16/fp16 parameters (``state["master_param"]``);
+            ``"compact"``: the 16-bit parameter plus an int8 (``master_bits=8``, ~16 significant bits) or
+            int16 (``master_bits=16``, exact for bf16) correction (``state["master_correction"]``).
         state_dtype: ``None`` (fp32 moments for bf16/fp16 params, the param dtype otherwise), ``"param"``
-            (torch's layout: moments in the param dtype), ``torch.float32`` or ``torch.bfloat16``.
+            (torch's layout: moments in the param dtype), ``torch.float32``, ``torch.bfloat16``, or
+            ``"int8"``: block-quantized moments (int8 / uint8 codes with fp32 block scales, for tensors of at
+            least 2 dimensions and ``quant_min_numel`` elements; docs/compressed_state.md).
+        quant_block, quant_min_numel, master_bits, stochastic_rounding: storage options
+            (docs/compressed_state.md); ``stochastic_rounding`` rounds bf16 moments and bf16 parameters
+            without master weights stochastically, seeded so that a resume is exact.
+        telemetry_history: steps of gradient-norm history kept on the device (``telemetry_history()``; 0: none).
         foreach, fused, capturable: accepted for drop-in compatibility and ignored (this optimizer is
             always fused and capturable). ``differentiable=True`` is not supported.
 
@@ -68,9 +76,10 @@ class FusedAdamW(FusedOptimizer):
 
     def __init__(self, params: Iterable, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 backend: str = "auto", skip_nonfinite: bool = False, master_weights: bool = False,
-                 state_dtype: Any = None, foreach: bool | None = None, fused: bool | None = None,
-                 capturable: bool | None = None, differentiable: bool = False) -> None:
+                 backend: str = "auto", skip_nonfinite: bool = False, master_weights: bool | str = False,
+                 state_dtype: Any = None, quant_block: int = 256, quant_min_numel: int = 4096, master_bits: int = 8,
+                 stochastic_rounding: bool = False, telemetry_history: int = 65536, foreach: bool | None = None,
+                 fused: bool | None = None, capturable: bool | None = None, differentiable: bool = False) -> None:
         if differentiable:
             raise ValueError("differentiable=True is not supported by FusedAdamW (use torch.optim.AdamW)")
         for name, flag in (("foreach", foreach), ("fused", fused), ("capturable", capturable)):
@@ -86,7 +95,9 @@ class FusedAdamW(FusedOptimizer):
                                "`True` together.)")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
         super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite,
-                         master_weights=master_weights, state_dtype=state_dtype)
+                         master_weights=master_weights, state_dtype=state_dtype, quant_block=quant_block,
+                         quant_min_numel=quant_min_numel, master_bits=master_bits,
+                         stochastic_rounding=stochastic_rounding, telemetry_history=telemetry_history)
 
     def _run(self, plan: Plan, tables: GroupTables, found_inf: torch.Tensor | None,
              grad_scale: torch.Tensor | None) -> None:

@@ -33,14 +33,15 @@ import torch
 from lrsched_fused import checkpoint as C
 from lrsched_fused._validate import as_schedule, check_bool, check_count
 from lrsched_fused.backends import BACKENDS
-from lrsched_fused.functional import (SUPPORTED_DTYPES, GroupTables, advance, check_state_dtype_option, is_dense,
-                                      local, normalize_group)
+from lrsched_fused.functional import (SUPPORTED_DTYPES, GroupTables, StateFormat, advance, check_storage_options,
+                                      is_dense, local, normalize_group)
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import Schedule
 
 from . import _distributed
 from .lr_scheduler import KernelLRScheduler
 from .lr_view import LrView
+from .memory import state_bytes
 from .plan import Plan, build_plan, check_new_plan, grad_entries, reusable_grads
 from .step_inputs import capturing, check_capture, check_tokens, nonfinite_flag, scalar_attr, tokens_tensor
 from .tables import TablesCache, read_groups
@@ -60,14 +61,14 @@ class FusedOptimizer(torch.optim.Optimizer):
     hyperparams: ClassVar[type]
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *, backend: str = "auto",
-                 skip_nonfinite: bool = False, master_weights: bool = False, state_dtype: Any = None) -> None:
+                 skip_nonfinite: bool = False, master_weights: bool | str = False, state_dtype: Any = None,
+                 **storage: Any) -> None:
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend must be one of 'auto', {', '.join(repr(b) for b in BACKENDS)}; got {backend!r}")
         if isinstance(params, (set, frozenset)):
             raise TypeError(_SET_ERROR)
         self._options = {"backend": backend, "skip_nonfinite": check_bool(skip_nonfinite, "skip_nonfinite"),
-                         "master_weights": check_bool(master_weights, "master_weights"),
-                         "state_dtype": check_state_dtype_option(state_dtype)}
+                         **check_storage_options(master_weights=master_weights, state_dtype=state_dtype, **storage)}
         self._init_runtime()
         defaults = dict(defaults, schedule=None)
         defaults.setdefault("lr_scale", 1.0)
@@ -83,12 +84,19 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._tables = TablesCache()
         self._telemetry: dict[str, Any] = {}
         self._lr_view = LrView(clock)
+        self._history: torch.Tensor | None = None
+        self._compact_seen: dict[int, tuple[int, int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_options"] = self._options
         state["_clock"] = self._clock
         return state
+
+    @property
+    def state_format(self) -> StateFormat:
+        """How this optimizer stores state (``docs/compressed_state.md``), from its options."""
+        return StateFormat.from_options(self._options)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -297,7 +305,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         grad_scale = scalar_attr(self, "grad_scale", device)
         # ---- 2. run ----
         if plan is None:
-            plan = self._adopt_plan(build_plan(draft, groups, self.state, configs, self._clock_on(device)))
+            plan = self._adopt_plan(build_plan(draft, groups, self.state, configs, self._clock_on(device),
+                                                self.state_format,
+                                                telemetry=bool(self._options.get("telemetry_history", 0))))
         else:
             for bucket in plan.buckets:
                 bucket.batch.grads = grads[bucket.rows]
@@ -305,9 +315,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         tokens_t = tokens_tensor(plan, tokens_v)
         if self._options["skip_nonfinite"]:
             found_inf = nonfinite_flag(plan, plan.buckets, found_inf)
+        self._reset_stale_corrections(plan)
         self._run(plan, tables, found_inf, grad_scale)
         advance(tables, self._clock, plan.steps, self._lr_out, tokens=tokens_t, found_inf=found_inf,
+                gnorm_partials=plan.gnorm, history=self._history if plan.gnorm is not None else None,
                 backend=plan.primary)
+        self._compact_seen = {id(p): (local(p).data_ptr(), p._version) for p in plan.compact}
         self._lr_view.advance(tokens_v, may_skip=found_inf is not None)
         self._lr_view.publish(groups, configs)
         return loss
@@ -321,9 +334,24 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._clock = clock
         return self._clock
 
+    def _reset_stale_corrections(self, plan: Plan) -> None:
+        """A compact master weight is ``p`` plus a correction: if ``p`` changed outside the optimizer since
+        its last update (its version counter moved, or it got new storage), the correction no longer
+        belongs to it and is reset to 0 (``docs/compressed_state.md``). Host metadata only."""
+        for p in plan.compact:
+            seen = self._compact_seen.get(id(p))
+            if seen is not None and seen != (local(p).data_ptr(), p._version):
+                self.state[p]["master_correction"].zero_()
+
     def _adopt_plan(self, plan: Plan) -> Plan:
         """Make ``plan`` current; the lr telemetry follows it to its device."""
         device = plan.device
+        capacity = self._options.get("telemetry_history", 0)
+        if capacity and (self._history is None or self._history.device != device):
+            history = torch.zeros(capacity, L.GN_COLS, dtype=torch.float32, device=device)
+            if self._history is not None:
+                history.copy_(self._history)
+            self._history = history
         n = len(self.param_groups)
         if self._lr_out is None or self._lr_out.device != device or self._lr_out.numel() != n:
             self._lr_out = torch.zeros(n, dtype=torch.float32, device=device)
@@ -346,6 +374,30 @@ class FusedOptimizer(torch.optim.Optimizer):
                                "params": list(self._plan.order) if self._plan else []}
         out.update(self._telemetry)
         return out
+
+    def state_bytes(self) -> dict[str, Any]:
+        """Bytes of the parameters, gradients, moments, block scales, master weights and other state, summed
+        from the real tensors' ``nbytes`` (local shards), with ``per_param`` (see ``optim/memory.py``)."""
+        return state_bytes(self)
+
+    def telemetry_history(self) -> dict[str, torch.Tensor]:
+        """The per-step global gradient norms the kernels recorded (``telemetry_history=`` steps, in a device
+        ring; no extra pass over memory, no host read during training; ``docs/compressed_state.md``):
+        float64 CPU tensors ``step`` (the step clock of each update), ``grad_norm_l2`` and ``grad_norm_l1``
+        (of ``grad / grad_scale``, before clipping) for the last ``min(clock, capacity)`` applied steps, in
+        order. One host read (an export, e.g. for ``schedules.refine``). With parameters sharded alike
+        (FSDP2), the ranks' partial sums are all-reduced here first; otherwise each rank reports its own."""
+        empty = torch.zeros(0, dtype=torch.float64)
+        if self._history is None or self._clock is None:
+            return {"step": empty.long(), "grad_norm_l2": empty, "grad_norm_l1": empty}
+        hist = self._history.clone()
+        if self._plan is not None and self._plan.has_dtensor:
+            _distributed.reduce_history(hist, self._plan.order)
+        cap = hist.shape[0]
+        now = int(self._clock[L.CLOCK_STEPS])
+        steps = torch.arange(max(0, now - cap), now, dtype=torch.int64)
+        rows = hist.double().cpu()[steps % cap]
+        return {"step": steps, "grad_norm_l2": rows[:, L.GN_SUMSQ].sqrt(), "grad_norm_l1": rows[:, L.GN_SUMABS]}
 
     def get_last_lr(self) -> list[float]:
         """The lr each group used in the last step; before any step (or right after loading a state
@@ -393,6 +445,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._telemetry = {}
         self._lr_view.reset(loaded.clock_values)
         self._publish_lrs()
+        self._compact_seen = {}  # the loaded corrections belong to the parameters as they are now
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -402,8 +455,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         clock = state.pop("_clock", None)
         super().__setstate__(state)
         if not hasattr(self, "_options"):  # unpickled or deep-copied
-            self._options = options or {"backend": "auto", "skip_nonfinite": False, "master_weights": False,
-                                        "state_dtype": None}
+            self._options = options or {"backend": "auto", "skip_nonfinite": False, **check_storage_options()}
             self._init_runtime(clock)
         else:
             self._plan = None
@@ -432,18 +484,19 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def init_state(self, params: Iterable[torch.Tensor]) -> list[dict]:
         """Create the state of ``params`` (parameters of this optimizer) as step() creates it before their
-        first update (zero moments in the state dtype, ``step`` 0, fp32 master weights when asked, the clock
-        as ``state["clock"]``), or bring an existing state to the device, dtype and layout step() uses.
+        first update (zero moments in their form, ``step`` 0, master weights when asked, the clock as
+        ``state["clock"]``), or bring an existing state to the device, dtype and layout step() uses.
         Returns their state dicts, in order. Everything is checked and every new tensor made before any
         state changes (``ValueError`` names the parameter). The next step() builds its plan afresh."""
         from lrsched_fused.checkpoint import describe_param
-        from lrsched_fused.functional import check_state, state_changes, state_dtype_for, wants_master
+        from lrsched_fused.functional import check_state, state_changes
 
         params = list(params)
         groups = self.param_groups
         where = {id(p): (gi, i) for gi, g in enumerate(groups) for i, p in enumerate(g["params"])}
         configs = read_groups(groups, self.hyperparams)
         clock = self._clock_on(self._params_device())
+        fmt = self.state_format
         changes = []
         for p in params:
             if id(p) not in where:
@@ -451,9 +504,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             gi, i = where[id(p)]
             st = self.state.get(p, {})
             check_state(p, st, describe_param(groups[gi], gi, i, p))
-            changes.append((p, *state_changes(p, st, keys=configs[gi].hyper.state_keys,
-                                              state_dtype=state_dtype_for(p.dtype, self._options["state_dtype"]),
-                                              master=wants_master(p.dtype, self._options["master_weights"]),
+            changes.append((p, *state_changes(p, st, keys=configs[gi].hyper.state_keys, fmt=fmt,
                                               device=local(p).device, clock=clock)))
         for p, put, drop in changes:
             st = self.state[p]

@@ -45,7 +45,8 @@ class FusedLAMB(FusedOptimizer):
         max_grad_norm: ``None`` (off) or ``> 0``: divide every gradient by ``max(1, ||g||/max_grad_norm)``
             with ``||g||`` the global norm over all parameters (across shards), computed on the device.
             ``p.grad`` is not modified. A hyperparameter: ``load_state_dict`` restores the checkpoint's.
-        backend, skip_nonfinite, master_weights, state_dtype: as :class:`FusedAdamW`.
+        backend, skip_nonfinite, master_weights, state_dtype, quant_block, quant_min_numel, master_bits,
+        stochastic_rounding, telemetry_history: as :class:`FusedAdamW`.
 
     After a step, ``telemetry()`` holds per-tensor ``param_norm``, ``update_norm`` and ``trust_ratio``
     (device tensors, no sync). ``docs/lamb_variants.md`` maps apex FusedLAMB, DeepSpeed FusedLamb and
@@ -58,13 +59,17 @@ class FusedLAMB(FusedOptimizer):
                  eps: float = 1e-6, weight_decay: float = 0.01, *, bias_correction: bool = True,
                  grad_averaging: bool = True, adapt: bool = True, trust_clip: tuple[float, float] | None = None,
                  decoupled_decay: bool = False, max_grad_norm: float | None = None, backend: str = "auto",
-                 skip_nonfinite: bool = False, master_weights: bool = False, state_dtype: Any = None) -> None:
+                 skip_nonfinite: bool = False, master_weights: bool | str = False, state_dtype: Any = None,
+                 quant_block: int = 256, quant_min_numel: int = 4096, master_bits: int = 8,
+                 stochastic_rounding: bool = False, telemetry_history: int = 65536) -> None:
         max_grad_norm = check_positive_or_none(max_grad_norm, "max_grad_norm")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
                         grad_averaging=grad_averaging, adapt=adapt, trust_clip=trust_clip,
                         decoupled_decay=decoupled_decay)
         super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite,
-                         master_weights=master_weights, state_dtype=state_dtype)
+                         master_weights=master_weights, state_dtype=state_dtype, quant_block=quant_block,
+                         quant_min_numel=quant_min_numel, master_bits=master_bits,
+                         stochastic_rounding=stochastic_rounding, telemetry_history=telemetry_history)
         self._options["max_grad_norm"] = max_grad_norm
 
     def _check_buckets(self, buckets: list[list[torch.Tensor]]) -> None:

@@ -28,13 +28,15 @@ import torch
 from lrsched_fused.backends import Backend, select_backend
 from lrsched_fused.checkpoint import describe_param
 from lrsched_fused.functional import (SUPPORTED_DTYPES, GroupConfig, TensorBatch, check_state, flat, is_dense,
-                                      is_dtensor, local, make_batch, same_layout, state_changes,
-                                      state_dtype_for, wants_master)
+                                      is_dtensor, local, make_batch, same_layout, state_changes)
+from lrsched_fused.functional.compressed import StateFormat, zeros_scales
+
+from lrsched_fused.kernels import layout as L
 
 from ._distributed import make_shard_allreduce
 
-__all__ = ["BucketKey", "Bucket", "Plan", "PlanDraft", "grad_entries", "reusable_grads", "check_new_plan", "build_plan",
-           "grad_of"]
+__all__ = ["BucketKey", "Bucket", "Plan", "PlanDraft", "grad_entries", "reusable_grads", "check_new_plan", "bucket_key",
+           "build_plan", "grad_of"]
 
 _GRAD = attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
@@ -50,8 +52,8 @@ class BucketKey:
     """What makes tensors share one kernel launch: dtypes, master weights, amsgrad maxima."""
 
     param_dtype: torch.dtype
-    state_dtype: torch.dtype
-    master: bool
+    state_dtype: torch.dtype             # of exp_avg: a floating dtype, or int8 (block-quantized codes)
+    master: int                          # layout.MASTER_*: none, fp32 copies, compact corrections
     amsgrad: bool
 
 
@@ -91,6 +93,8 @@ class Plan:
     amsgrad: list[bool]                   # each group's amsgrad flag (selects state tensors)
     param_ptrs: list[int]                 # data_ptr of each (local) param in `order`
     has_dtensor: bool = False
+    gnorm: torch.Tensor | None = None     # float32 [rows, GN_COLS]: every bucket's gradient-norm partials
+    compact: list = field(default_factory=list)  # params with compact master weights (corrections reset on edits)
     contiguous: bool = True               # every param is contiguous (else each gradient is checked for layout)
     extra: dict[str, Any] = field(default_factory=dict)   # per-plan buffers of the optimizer (tokens, norms)
 
@@ -210,6 +214,7 @@ def check_new_plan(entries: list[tuple[int, torch.Tensor]], groups: Sequence[Map
     if len(listed) < len(entries):  # a parameter listed twice in its group: one entry (see Bucket.repeats)
         seen: set[int] = set()
         entries = [e for e in entries if not (id(e[1]) in seen or seen.add(id(e[1])))]
+    fmt = StateFormat.from_options(options)
     devices = {local(p).device for _, p in entries}
     if len(devices) > 1:
         raise ValueError(f"all parameters must be on one device; got {sorted(str(d) for d in devices)} "
@@ -227,9 +232,7 @@ def check_new_plan(entries: list[tuple[int, torch.Tensor]], groups: Sequence[Map
                              "(p.data = p.data.contiguous())")
         grads[id(p)] = grad_of(groups, gi, p)
         check_state(p, state.get(p, {}), here)
-        key = BucketKey(p.dtype, state_dtype_for(p.dtype, options["state_dtype"]),
-                        wants_master(p.dtype, options["master_weights"]), configs[gi].hyper.amsgrad)
-        buckets[key].append((gi, p))
+        buckets[bucket_key(p, fmt, configs[gi].hyper.amsgrad, here)].append((gi, p))
     if len(listed) < sum(listed.values()):  # duplicates first, most-listed first (see Bucket.repeats)
         for key, items in buckets.items():
             items.sort(key=lambda e: -listed[id(e[1])])
@@ -246,14 +249,30 @@ def check_new_plan(entries: list[tuple[int, torch.Tensor]], groups: Sequence[Map
                      listed=listed)
 
 
+
+def bucket_key(p: torch.Tensor, fmt: StateFormat, amsgrad: bool, here: str) -> BucketKey:
+    """The launch ``p`` belongs to under the storage options ``fmt``; ``ValueError`` (naming ``here``) where
+    int8 moments cannot hold its state (amsgrad, a non-contiguous parameter, a DTensor sharded along its
+    last dimension)."""
+    if fmt.quantized(p):
+        if amsgrad:
+            raise ValueError(f"{here}: amsgrad has no int8 form (state_dtype='int8'); use a floating "
+                             "state_dtype for amsgrad groups")
+        if not local(p).is_contiguous():
+            raise ValueError(f"{here}: int8 moments need a contiguous parameter (blocks run along its last "
+                             "dimension)")
+        zeros_scales(p, fmt.quant_block)  # raises for a DTensor sharded along its last dimension
+    return BucketKey(p.dtype, fmt.moment_dtype(p), fmt.master_mode(p), amsgrad)
+
 def build_plan(draft: PlanDraft, groups: Sequence[Mapping], state: Mapping, configs: Sequence[GroupConfig],
-               clock: torch.Tensor) -> Plan:
+               clock: torch.Tensor, fmt: StateFormat, *, telemetry: bool = True) -> Plan:
     """Create the missing state of the draft's parameters (each holding ``clock``, the optimizer's clock on
-    the draft's device), bring existing state to the device, and lay the buckets out (the run phase)."""
+    the draft's device), bring existing state to the device, and lay the buckets out (the run phase).
+    ``telemetry``: the kernels write gradient-norm partials (``Plan.gnorm``); without it they write none."""
     device = draft.device
     # every new or moved state tensor first (a failure leaves all state as it was), then assign them all
-    changes = [(p, *state_changes(p, state.get(p, {}), keys=configs[gi].hyper.state_keys,
-                                  state_dtype=key.state_dtype, master=key.master, device=device, clock=clock))
+    changes = [(p, *state_changes(p, state.get(p, {}), keys=configs[gi].hyper.state_keys, device=device,
+                                  clock=clock, fmt=fmt))
                for key, items in draft.buckets.items() for gi, p in items]
     for p, put, drop in changes:
         st = state[p]
@@ -273,17 +292,20 @@ def build_plan(draft: PlanDraft, groups: Sequence[Mapping], state: Mapping, conf
     for i, st in enumerate(states):  # every state["step"] becomes a view into the one steps buffer
         st["step"] = steps[i]
     group_index = torch.tensor(group_rows, dtype=torch.int64, device=device)
+    salt_of = {id(p): i for i, p in enumerate(q for g in groups for q in g["params"])}
     buckets = []
     for key, lo, hi in spans:
         params = order[lo:hi]
         batch = make_batch(params, [draft.grads[id(p)] for p in params], states[lo:hi], steps=steps[lo:hi],
-                           group_index=group_index[lo:hi], amsgrad=key.amsgrad, master=key.master)
+                           group_index=group_index[lo:hi], amsgrad=key.amsgrad, master=key.master, fmt=fmt,
+                           salts=[salt_of[id(p)] for p in params])
         has_dtensor = any(is_dtensor(p) for p in params)
         counts = [draft.listed[id(p)] for p in params]
         repeats = [sum(c >= j for c in counts) for j in range(2, max(counts, default=1) + 1)]
         buckets.append(Bucket(key=key, backend=draft.backends[key], batch=batch, params=params, rows=slice(lo, hi),
                               allreduce=make_shard_allreduce(params) if has_dtensor else None,
                               has_dtensor=has_dtensor, group_rows=group_rows[lo:hi], repeats=repeats))
+    gnorm = _gnorm_buffers(buckets, device) if telemetry else None
     all_params = [p for g in groups for p in g["params"]]
     position = {id(p): i for i, p in enumerate(all_params)}
     has_dtensor = any(is_dtensor(p) for p in order)
@@ -294,4 +316,21 @@ def build_plan(draft: PlanDraft, groups: Sequence[Mapping], state: Mapping, conf
                 has_grad=[p.grad is not None for p in all_params],
                 order_index=[position[id(p)] for p in order], order_group=group_rows,
                 amsgrad=[c.hyper.amsgrad for c in configs], param_ptrs=[local(p).data_ptr() for p in order],
-                has_dtensor=has_dtensor, contiguous=all(local(p).is_contiguous() for p in order))
+                has_dtensor=has_dtensor, gnorm=gnorm,
+                compact=[p for b in buckets if b.key.master in (L.MASTER_CORR8, L.MASTER_CORR16) for p in b.params],
+                contiguous=all(local(p).is_contiguous() for p in order))
+
+
+def _gnorm_buffers(buckets: list[Bucket], device: torch.device) -> torch.Tensor | None:
+    """One float32 ``[rows, GN_COLS]`` buffer for the gradient-norm partials of every bucket (each bucket's
+    backend says how many rows it writes; a backend without ``gnorm_rows`` writes none)."""
+    rows = [getattr(b.backend, "gnorm_rows", lambda batch: 0)(b.batch) if len(b.batch) else 0 for b in buckets]
+    if not sum(rows):
+        return None
+    buf = torch.zeros(sum(rows), L.GN_COLS, dtype=torch.float32, device=device)
+    lo = 0
+    for bucket, n in zip(buckets, rows):
+        if n:
+            bucket.batch.gnorm_out = buf[lo:lo + n]
+        lo += n
+    return buf

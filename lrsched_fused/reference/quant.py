@@ -30,15 +30,15 @@ def blocks(t: torch.Tensor, block: int) -> tuple[torch.Tensor, int, int]:
     """``t`` as ``[rows, nb, block]`` (zero-padded at each row's end), with its ``D`` and ``nb``. A 0-d or
     1-d tensor is one row."""
     d = t.shape[-1] if t.dim() >= 1 else 1
-    flat = t.reshape(-1, d) if t.numel() else t.reshape(0, max(d, 1))
+    rows = t.numel() // d if d else 0
     nb = -(-d // block) if d else 0
-    padded = torch.zeros(flat.shape[0], nb * block, dtype=t.dtype)
-    padded[:, :d] = flat
-    return padded.reshape(flat.shape[0], nb, block), d, nb
+    padded = torch.zeros(rows, nb * block, dtype=t.dtype)
+    padded[:, :d] = t.reshape(rows, d)
+    return padded.reshape(rows, nb, block), d, nb
 
 
 def _unblock(x: torch.Tensor, shape: torch.Size, d: int) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1)[:, :d].reshape(shape)
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2])[:, :d].reshape(shape)
 
 
 def _scale_shape(shape: torch.Size, nb: int) -> tuple[int, ...]:
@@ -63,7 +63,9 @@ def decode_m(codes: torch.Tensor, scales: torch.Tensor, block: int = L.QUANT_BLO
 
 def encode_v(v: torch.Tensor, block: int = L.QUANT_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 codes and float32 block scales of a second moment (linear in ``sqrt(v)``)."""
-    x, d, nb = blocks(torch.sqrt(v.to(torch.float32)), block)
+    # sqrt in float64, rounded once to float32, is the correctly rounded float32 sqrt the specification
+    # states (sqrt_rn); torch's float32 CPU sqrt is not correctly rounded on every input
+    x, d, nb = blocks(torch.sqrt(v.to(torch.float32).to(torch.float64)).to(torch.float32), block)
     s = x.amax(dim=-1, keepdim=True)
     inv = torch.where(s > 0, torch.tensor(float(L.Q_V_LEVELS), dtype=torch.float32) / s, torch.zeros_like(s))
     q = torch.round(x * inv).clamp(0, L.Q_V_LEVELS)
