@@ -53,7 +53,7 @@ from lrsched_fused.backends import Backend, select_backend
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.optim._distributed import make_shard_allreduce
 from lrsched_fused.optim.base import FusedOptimizer
-from lrsched_fused.optim.plan import grad_of
+from lrsched_fused.optim.plan import bucket_key, grad_of, where
 from lrsched_fused.optim.step_inputs import check_tokens
 
 __all__ = ["attach", "ReleaseHandle", "DEFAULT_BUCKET_BYTES"]
@@ -141,7 +141,7 @@ class _Bucket:
     lo: int
     hi: int
     amsgrad: bool
-    master: bool                          # fp32 master weights (bf16/fp16 parameters, when asked)
+    master: int                           # layout.MASTER_*: none, fp32 copies, compact corrections
     backend: Backend
     allreduce: Any = None                 # LAMB: sums the [n, 2] norm sums over the shards (FSDP2); None: whole
     ready: list[bool] = field(default_factory=list)
@@ -165,7 +165,10 @@ class ReleaseHandle:
                              "listing, gradient release once per gradient; list each parameter once")
         self._tables = optimizer.group_tables()        # validates the groups; creates the clock
         self._amsgrad = [bool(g.get("amsgrad", False)) for g in groups]
-        self._options = {k: optimizer.options[k] for k in ("backend", "state_dtype", "master_weights")}
+        self._options = {k: optimizer.options[k] for k in ("backend", "state_dtype", "master_weights", "quant_block",
+                                                            "quant_min_numel", "master_bits", "stochastic_rounding")}
+        self._fmt = optimizer.state_format
+        self._salt = {id(p): i for i, p in enumerate(self._all_params)}  # as step(): the stochastic-rounding salt
         self.buckets: list[_Bucket] = self._make_buckets(entries)
         self._order = [p for b in self.buckets for p in b.params]
         self._slot = {id(p): (b, j) for b in self.buckets for j, p in enumerate(b.params)}
@@ -192,12 +195,11 @@ class ReleaseHandle:
     # ------------------------------------------------------------------------------------------------
     def _make_buckets(self, entries: list[tuple[int, torch.Tensor]]) -> list[_Bucket]:
         """Reverse parameter order; one open bucket per launch key; cut at ``bucket_bytes`` (global sizes)."""
-        opt, options = self.optimizer, self._options
+        opt = self.optimizer
         open_: dict[tuple, list] = {}
         done: list[tuple[tuple, list]] = []
         for gi, p in reversed(entries):
-            key = (p.dtype, F.state_dtype_for(p.dtype, options["state_dtype"]),
-                   F.wants_master(p.dtype, options["master_weights"]), self._amsgrad[gi])
+            key = bucket_key(p, self._fmt, self._amsgrad[gi], where(opt.param_groups, gi, p))
             items, size = open_.setdefault(key, [[], 0])
             items.append((gi, p))
             open_[key][1] = size + p.numel() * p.element_size()
@@ -210,12 +212,12 @@ class ReleaseHandle:
         for key, items in done:
             if key not in backends:
                 backend = select_backend(opt.options["backend"], device)
-                backend.check(device, key[0], key[1])
+                backend.check(device, key.param_dtype, key.state_dtype)
                 backends[key] = backend
             params = [p for _, p in items]
             sharded = any(F.is_dtensor(p) for p in params)
             buckets.append(_Bucket(params=params, group_rows=[gi for gi, _ in items], lo=lo, hi=lo + len(items),
-                                   amsgrad=key[3], master=key[2], backend=backends[key],
+                                   amsgrad=key.amsgrad, master=key.master, backend=backends[key],
                                    allreduce=make_shard_allreduce(params) if self._lamb and sharded else None,
                                    ready=[False] * len(items)))
             lo += len(items)
@@ -380,7 +382,8 @@ class ReleaseHandle:
             if bucket.batch is None:
                 bucket.batch = F.make_batch(params, grads, states, steps=self._steps[bucket.lo:bucket.hi],
                                             group_index=self._group_index[bucket.lo:bucket.hi],
-                                            amsgrad=bucket.amsgrad, master=bucket.master)
+                                            amsgrad=bucket.amsgrad, master=bucket.master, fmt=self._fmt,
+                                            salts=[self._salt[id(p)] for p in params])
             batch = bucket.batch
             batch.grads = grads
             norms = None if self._norms is None else self._norms[bucket.lo:bucket.hi]
@@ -388,7 +391,8 @@ class ReleaseHandle:
         else:
             rows = torch.tensor([bucket.lo + j for j in members], device=self._steps.device)
             batch = F.make_batch(params, grads, states, steps=self._steps[rows], group_index=self._group_index[rows],
-                                 amsgrad=bucket.amsgrad, master=bucket.master)
+                                 amsgrad=bucket.amsgrad, master=bucket.master, fmt=self._fmt,
+                                 salts=[self._salt[id(p)] for p in params])
             norms = None if self._norms is None else torch.zeros(len(members), L.NORM_COLS, dtype=torch.float32,
                                                                      device=rows.device)
             allreduce = make_shard_allreduce(params) if bucket.allreduce is not None else None
