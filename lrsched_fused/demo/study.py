@@ -44,7 +44,7 @@ from .run import DemoConfig, _progress_bar
 from .study_report import plot_study, prediction_table, refinement_table, save_study
 from .train import RunResult, train
 
-__all__ = ["StudyConfig", "StudyRun", "StudyResult", "run_study", "study_schedules", "record_grad_norms"]
+__all__ = ["StudyConfig", "StudyRun", "StudyResult", "run_study", "study_schedules"]
 
 
 @dataclass(frozen=True)
@@ -90,23 +90,15 @@ def study_schedules(h: Hyper) -> tuple[list[tuple[str, Schedule]], list[tuple[st
     return fit, held
 
 
-def record_grad_norms(model: torch.nn.Module) -> torch.Tensor:
-    """This step's global gradient norms ``[l2, l1]`` (a device tensor, no host sync), from the gradients after
-    the backward pass. Written in torch here; the kernels' telemetry ring buffer
-    (``opt.telemetry_history()``) will give the same per-step norms, and can replace this function."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    l2 = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2)))
-    l1 = torch.stack(torch._foreach_norm(grads, 1)).sum()
-    return torch.stack([l2, l1])
-
-
-def _fused_lamb(label: str, schedule: Schedule, h: Hyper) -> RecipeFactory:
-    """FusedLAMB with ``schedule`` evaluated in its kernel (the demo's LAMB settings)."""
+def _fused_lamb(label: str, schedule: Schedule, h: Hyper, made: list) -> RecipeFactory:
+    """FusedLAMB with ``schedule`` evaluated in its kernel (the demo's LAMB settings), keeping a gradient-norm
+    history of the whole run (``telemetry_history``); the optimizer is appended to ``made``."""
 
     def make(model: torch.nn.Module) -> Recipe:
         device = next(model.parameters()).device
         opt = FusedLAMB(param_groups(model, weight_decay=h.lamb_weight_decay), lr=schedule, betas=h.betas, eps=1e-6,
-                        backend=h.backend)
+                        backend=h.backend, telemetry_history=max(h.steps, 1))
+        made.append(opt)
         return Recipe(name=label, optimizer=opt, scheduler=None, lr_used=lambda: opt.telemetry()["lr"][0].clone(),
                       schedule=schedule, backend=lambda: f"lrsched_fused '{resolved_backend(h.backend, device)}'")
 
@@ -159,17 +151,21 @@ class _Trainer:
         stream = BatchStream(self.corpus.train, demo.batch_size, demo.model.context, seed=seed)
         torch.manual_seed(seed)
         model = TinyCausalLM(demo.model).to(self.device)
-        norms: list[torch.Tensor] = []
+        made: list[FusedLAMB] = []
         tick, close = _progress_bar(steps, f"{label} (seed {seed})", demo.progress)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"lrsched_fused: no compiled backend", category=RuntimeWarning)
-                result = train(model, _fused_lamb(label, schedule, demo.hyper), stream, steps, val_batches=self.val,
-                               eval_at=sorted(set(range(0, steps + 1, self.cfg.every)) | {steps}), device=self.device,
-                               progress=tick, after_backward=lambda k, m: norms.append(record_grad_norms(m)))
+                result = train(model, _fused_lamb(label, schedule, demo.hyper, made), stream, steps,
+                               val_batches=self.val, eval_at=sorted(set(range(0, steps + 1, self.cfg.every)) | {steps}),
+                               device=self.device, progress=tick)
         finally:
             close()
-        run = StudyRun(label, seed, schedule, result, torch.stack(norms).double().cpu().numpy())
+        # the kernels recorded each step's global gradient norms on the device; one read at the end
+        history = made[0].telemetry_history()
+        assert history["step"].tolist() == list(range(steps)), "a step of the study was skipped"
+        norms = torch.stack([history["grad_norm_l2"], history["grad_norm_l1"]], dim=1).numpy()
+        run = StudyRun(label, seed, schedule, result, norms)
         write_curve(self.out / "curves" / f"{curve_name(label)}_seed{seed}.csv", result.losses, result.lrs, result.val)
         self.runs.append(run)
         return run

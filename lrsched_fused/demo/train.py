@@ -90,8 +90,7 @@ def _sync(device: torch.device) -> None:
 def train(model: torch.nn.Module, make_recipe: RecipeFactory, stream: BatchStream, steps: int, *,
           val_batches: list[tuple[torch.Tensor, torch.Tensor]], eval_at: Iterable[int] = (),
           device: torch.device | str = "cpu", progress: Progress | None = None,
-          reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, loss_fn: LossFn | None = None,
-          after_backward: Callable[[int, torch.nn.Module], None] | None = None) -> RunResult:
+          reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, loss_fn: LossFn | None = None) -> RunResult:
     """Train ``model`` in place for ``steps`` updates with the optimizer set-up ``make_recipe(model)``.
 
     Step ``k`` (0-based) uses ``stream.batch(k)``; the validation loss is measured after ``k`` updates
@@ -100,9 +99,7 @@ def train(model: torch.nn.Module, make_recipe: RecipeFactory, stream: BatchStrea
     averages a loss tensor across ranks (distributed training: the logged training and validation losses
     are then the means over ranks); ``loss_fn(model, x, y)`` (training and validation) defaults to
     ``model.loss(x, y)``; for a wrapped model pass one that calls the wrapper, e.g.
-    :func:`~lrsched_fused.demo.model.next_token_loss`. ``after_backward(k, model)`` (the schedule study's
-    hook, :mod:`.study`) runs after step ``k``'s backward pass, before its optimizer step: the gradients are
-    there to read.
+    :func:`~lrsched_fused.demo.model.next_token_loss`.
     """
     device = torch.device(device)
     recipe = make_recipe(model)
@@ -123,8 +120,6 @@ def train(model: torch.nn.Module, make_recipe: RecipeFactory, stream: BatchStrea
         x, y = stream.batch(k, device)
         loss = loss_fn(model, x, y)
         loss.backward()
-        if after_backward is not None:
-            after_backward(k, model)
         _sync(device)
         t0 = time.perf_counter()
         opt.step()
