@@ -72,6 +72,7 @@ class Scenario:
     fsdp_allreduces: int
     inject_inf: bool = False
     tokens: int | None = None   # tokens passed to step() (token-clock schedules)
+    dtype: torch.dtype = torch.float32  # of the model, its inputs and targets
 
 
 def _lamb(**kw):
@@ -112,6 +113,16 @@ CHECKPOINT_SCENARIOS = {s.name: s for s in [
     Scenario("lamb-token-schedule",
              _lamb(lr=S.power(max_lr=3e-2, a=0.5, b=-0.5, total=STEPS * 64, warmup=64, unit="tokens")),
              fsdp_allreduces=1, tokens=64),
+    # compressed state (docs/compressed_state.md): int8 blocks run along rows, which FSDP2 shards (Shard(0))
+    Scenario("adamw-int8", _adamw(lr=S.wsd(peak_lr=3e-2, total_steps=STEPS, warmup_steps=2, decay_steps=4),
+                                  state_dtype="int8", quant_min_numel=1), fsdp_allreduces=0),
+    Scenario("lamb-int8-clip", _lamb_groups(lr=S.cosine(peak_lr=3e-2, total_steps=STEPS, warmup_steps=3),
+                                            max_grad_norm=0.05, state_dtype="int8", quant_min_numel=1),
+             fsdp_allreduces=2),
+    Scenario("adamw-bf16-compact-sr",
+             _adamw(lr=S.wsd(peak_lr=3e-2, total_steps=STEPS, warmup_steps=2, decay_steps=4),
+                    state_dtype=torch.bfloat16, master_weights="compact", stochastic_rounding=True),
+             fsdp_allreduces=0, dtype=torch.bfloat16),
 ]}
 
 
@@ -160,7 +171,7 @@ def train(model: torch.nn.Module, opt: torch.optim.Optimizer, scenario: Scenario
     data = batches()
     losses = []
     for i in steps:
-        x, y = data[i]
+        x, y = (t.to(scenario.dtype) for t in data[i])
         if rank is not None:
             x, y = x[rank::world], y[rank::world]
         loss = ((model(x) - y) ** 2).mean()
@@ -204,7 +215,7 @@ def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, 
 
 def single_process_run(scenario: Scenario, backend: str) -> dict[str, Any]:
     """The unsharded reference: one process, the full batch, the same optimizer and backend."""
-    model = make_net()
+    model = make_net().to(scenario.dtype)
     opt = scenario.make(model, backend)
     losses = train(model, opt, scenario, range(STEPS))
     return {"params": full_params(model), "losses": losses, "telemetry": telemetry_snapshot(opt),
@@ -463,10 +474,10 @@ def partial_worker(rank: int, world: int, workdir: str, cases: list[tuple[str, s
 
 
 # -- torch.distributed.checkpoint ----------------------------------------------------------------------
-def _fsdp_net(mesh, seed: int) -> Net:
+def _fsdp_net(mesh, seed: int, dtype: torch.dtype = torch.float32) -> Net:
     from torch.distributed.fsdp import fully_shard
 
-    model = make_net(seed)
+    model = make_net(seed).to(dtype)
     fully_shard(model.fc1, mesh=mesh)
     fully_shard(model.fc2, mesh=mesh)
     fully_shard(model, mesh=mesh)
@@ -485,21 +496,25 @@ def checkpoint_worker(rank: int, world: int, workdir: str, cases: list[tuple[str
 
     def body(scenario: Scenario, backend: str) -> dict:
         kw = dict(rank=rank, world=world, mode="fsdp")
-        model = _fsdp_net(mesh, 0)
+        model = _fsdp_net(mesh, 0, scenario.dtype)
         opt = scenario.make(model, backend)
         train(model, opt, scenario, range(STEPS), **kw)
         straight = {"params": full_params(model), "state": full_state(model, opt), "clock": opt.clock.clone()}
+        # int8 blocks follow the parameter's rows: each scale is sharded like its parameter, local rows alike
+        scales = [(tuple(_local(p).shape), tuple(_local(st[k]).shape), st[k].placements == p.placements)
+                  for p, st in opt.state.items() for k in ("exp_avg_scale", "exp_avg_sq_scale") if k in st]
 
-        model = _fsdp_net(mesh, 0)
+        model = _fsdp_net(mesh, 0, scenario.dtype)
         opt = scenario.make(model, backend)
         train(model, opt, scenario, range(k), **kw)
         ckpt = os.path.join(workdir, f"ckpt-{backend}-{scenario.name}")
         model_sd, optim_sd = get_state_dict(model, opt)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=ckpt)
         saved_clock = opt.clock.clone()
+        saved = {"params": full_params(model), "state": full_state(model, opt)}
         del model, opt, model_sd, optim_sd
 
-        model = _fsdp_net(mesh, 99)
+        model = _fsdp_net(mesh, 99, scenario.dtype)
         opt = scenario.make(model, backend)
         model_sd, optim_sd = get_state_dict(model, opt)
         clock_after_dcp_init = opt.clock.clone() if opt.clock is not None else None
@@ -514,6 +529,7 @@ def checkpoint_worker(rank: int, world: int, workdir: str, cases: list[tuple[str
         train(model, opt, scenario, range(k, STEPS), **kw)
         resumed = {"params": full_params(model), "state": full_state(model, opt), "clock": opt.clock.clone()}
         return {"straight": straight, "resumed": resumed, "saved_clock": saved_clock, "loaded_clock": loaded_clock,
+                "scales": scales, "saved": saved,
                 "clock_after_dcp_init": clock_after_dcp_init, "checkpoint": ckpt, "aliased": aliased}
 
     return run_scenarios(cases, body)
