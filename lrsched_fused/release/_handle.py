@@ -1,46 +1,9 @@
-"""Gradient release: the optimizer step inside backward, bucket by bucket, with the in-kernel schedule.
-
->>> handle = attach(model, opt, bucket_bytes=25 * 2**20)       # doctest: +SKIP
->>> for x, y in data:                                           # doctest: +SKIP
-...     loss_fn(model(x), y).backward()    # updates the parameters and frees their gradients; no opt.step()
->>> handle.detach()                        # opt.step() works again, from the same state and clock  # doctest: +SKIP
-
-Gradients are the other big block of training memory. Stepping each parameter as soon as its gradient
-is ready and then freeing that gradient (torch's "optimizer in backward") keeps a few gradients alive
-instead of all of them. Here the lr comes from the device clock inside the kernel, so the update needs no
-host work per parameter, and parameters are updated in *buckets* (one fused launch of
-:func:`lrsched_fused.functional.adamw` / :func:`~lrsched_fused.functional.lamb` per bucket), not one by one.
-
-How a step runs (``docs/gradient_release.md`` has the full story):
-
-* **Buckets are fixed at attach**, from global metadata only: the optimizer's parameters in reverse
-  order (backward produces gradients roughly last layer first), split by what must share a launch (param
-  dtype, state dtype, master weights, amsgrad), cut whenever a bucket's gradients reach ``bucket_bytes``
-  (global, unsharded sizes). Every rank of an FSDP2 job therefore builds the same buckets, uneven or
-  empty shards included, and LAMB's per-bucket all-reduce of its norm sums matches across ranks.
-* **A post-accumulate-grad hook** on every parameter marks its gradient ready; the hook that completes a
-  bucket updates the whole bucket (one launch) and sets those gradients to ``None``.
-* **The end of backward** (a callback queued on the autograd engine, run after FSDP2's own final callback)
-  updates what is left of incomplete buckets (parameters that got no gradient are not updated and their
-  step count does not advance, as in ``step()``), then ends the step once: one ``functional.advance``
-  (through :meth:`FusedOptimizer.finish_step <lrsched_fused.optim.base.FusedOptimizer.finish_step>`)
-  advances the clock and the counts of the tensors updated.
-* **Backward passes are counted** by a hook on the model's forward outputs, not by gradient hooks
-  (under FSDP2's ``set_requires_gradient_sync(False)`` the gradient hooks fire only on sync
-  micro-batches): with ``accumulation_steps=k`` gradients accumulate over ``k`` backward passes and the
-  ``k``-th updates.
-
-Refused at attach, with the reason: LAMB's ``max_grad_norm`` and ``skip_nonfinite=True`` (both need every
-gradient before any update), a GradScaler's ``found_inf`` / ``grad_scale`` (same), DDP and FSDP1 models
-(DDP's hooks fire before its all-reduce; FSDP1 flattens tensors), duplicated parameters. While attached,
-``optimizer.step()`` raises (the update already happened in backward).
-"""
+"""The handle of one gradient-release attachment: its hooks, buffers and per-step bookkeeping."""
 
 from __future__ import annotations
 
 import warnings
 import weakref
-from dataclasses import dataclass, field
 from operator import is_
 from typing import Any, Mapping
 
@@ -49,12 +12,14 @@ from torch.autograd import Variable
 
 from lrsched_fused import functional as F
 from lrsched_fused._validate import check_count
-from lrsched_fused.backends import Backend, select_backend
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.optim._distributed import make_shard_allreduce
 from lrsched_fused.optim.base import FusedOptimizer
-from lrsched_fused.optim.plan import bucket_key, grad_of, where
+from lrsched_fused.optim.plan import grad_of
 from lrsched_fused.optim.step_inputs import check_tokens
+
+from ._buckets import Bucket, make_buckets
+from ._checks import STEP_WHILE_ATTACHED, refuse_model, refusal
 
 __all__ = ["attach", "ReleaseHandle", "DEFAULT_BUCKET_BYTES"]
 
@@ -64,53 +29,6 @@ DEFAULT_BUCKET_BYTES = 25 * 2**20
 #: optimizer -> a weak reference to its attached handle (one attachment per optimizer). The parameters' hooks
 #: hold the handle, which holds the parameters: call detach() before dropping a model that is still attached
 _ATTACHED: "weakref.WeakKeyDictionary[FusedOptimizer, weakref.ref]" = weakref.WeakKeyDictionary()
-
-_WHY_ALL_GRADS = ("gradient release updates each bucket as soon as its gradients are ready and frees them, so no "
-                  "quantity that needs every gradient of the step can be known before the first update")
-
-_STEP_WHILE_ATTACHED = (
-    "optimizer.step() was called while gradient release is attached (lrsched_fused.release.attach): the update "
-    "already ran inside backward, bucket by bucket, and the gradients were freed. Drop the step() call (and "
-    "zero_grad), or call handle.detach() first to step normally again. If torch.amp.GradScaler.step() called it: "
-    "GradScaler's found_inf protocol needs every gradient before any update, which gradient release cannot wait "
-    "for; train without a scaler (bf16 autocast needs none) or without release")
-
-
-def _refusal(optimizer: FusedOptimizer) -> str | None:
-    """Why ``optimizer`` cannot step inside backward (``None``: it can). Checked at attach and every step."""
-    options = optimizer.options
-    if options.get("max_grad_norm") is not None:
-        return (f"FusedLAMB(max_grad_norm={options['max_grad_norm']}) clips by the global norm of all gradients: "
-                f"{_WHY_ALL_GRADS}. Use max_grad_norm=None (LAMB's per-tensor trust ratio already bounds each "
-                "layer's step) or step normally")
-    if options.get("skip_nonfinite"):
-        return (f"skip_nonfinite=True skips a step when any gradient is inf or NaN: {_WHY_ALL_GRADS} (the buckets "
-                "updated before a bad gradient arrives cannot be skipped). Use skip_nonfinite=False or step normally")
-    for name in ("found_inf", "grad_scale"):
-        if getattr(optimizer, name, None) is not None:
-            return (f"optimizer.{name} is set: a torch.amp.GradScaler drives this optimizer. Its found_inf "
-                    f"protocol skips a step when any gradient overflowed: {_WHY_ALL_GRADS}, and its grad_scale "
-                    "changes from step to step. Train without a scaler (bf16 autocast needs none) or step normally")
-    return None
-
-
-def _refuse_model(model: torch.nn.Module) -> None:
-    from torch.nn.parallel import DistributedDataParallel
-
-    for name, module in model.named_modules():
-        where = f"the model{f' (submodule {name!r})' if name else ''}"
-        if isinstance(module, DistributedDataParallel):
-            raise ValueError(
-                f"{where} is wrapped in DistributedDataParallel: DDP's all-reduce of a gradient runs after the "
-                "gradient hooks that gradient release uses (it averages the gradients across ranks when its "
-                "bucket is complete and writes them back at the end of backward), so the update would use the "
-                "local, unaveraged gradient. Use FSDP2 (torch.distributed.fsdp.fully_shard; its hooks fire after "
-                "the reduce-scatter) or step normally")
-        if type(module).__name__ == "FullyShardedDataParallel":
-            raise ValueError(
-                f"{where} is wrapped in FSDP1 (FullyShardedDataParallel), whose flat parameters do not run the "
-                "parameters' gradient hooks after its reduce-scatter. Use FSDP2 (torch.distributed.fsdp."
-                "fully_shard) or step normally")
 
 
 def _grad_tensors(out: Any, found: list[torch.Tensor], depth: int = 0) -> list[torch.Tensor]:
@@ -130,23 +48,6 @@ def _grad_tensors(out: Any, found: list[torch.Tensor], depth: int = 0) -> list[t
 def _outside_backward() -> bool:
     task = getattr(torch._C, "_current_graph_task_id", None)
     return task is not None and task() == -1
-
-
-@dataclass
-class _Bucket:
-    """A fixed set of parameters, updated together: rows ``lo:hi`` of the handle's buffers."""
-
-    params: list[torch.Tensor]
-    group_rows: list[int]                 # param group of each parameter
-    lo: int
-    hi: int
-    amsgrad: bool
-    master: int                           # layout.MASTER_*: none, fp32 copies, compact corrections
-    backend: Backend
-    allreduce: Any = None                 # LAMB: sums the [n, 2] norm sums over the shards (FSDP2); None: whole
-    ready: list[bool] = field(default_factory=list)
-    count: int = 0                        # gradients ready this step
-    batch: F.TensorBatch | None = None    # built at the first whole update (states exist then)
 
 
 class ReleaseHandle:
@@ -169,7 +70,8 @@ class ReleaseHandle:
                                                             "quant_min_numel", "master_bits", "stochastic_rounding")}
         self._fmt = optimizer.state_format
         self._salt = {id(p): i for i, p in enumerate(self._all_params)}  # as step(): the stochastic-rounding salt
-        self.buckets: list[_Bucket] = self._make_buckets(entries)
+        self.buckets: list[Bucket] = make_buckets(optimizer, entries, bucket_bytes=bucket_bytes,
+                                                  amsgrad=self._amsgrad, lamb=self._lamb)
         self._order = [p for b in self.buckets for p in b.params]
         self._slot = {id(p): (b, j) for b in self.buckets for j, p in enumerate(b.params)}
         device = optimizer.clock.device
@@ -193,36 +95,6 @@ class ReleaseHandle:
     # ------------------------------------------------------------------------------------------------
     # setup
     # ------------------------------------------------------------------------------------------------
-    def _make_buckets(self, entries: list[tuple[int, torch.Tensor]]) -> list[_Bucket]:
-        """Reverse parameter order; one open bucket per launch key; cut at ``bucket_bytes`` (global sizes)."""
-        opt = self.optimizer
-        open_: dict[tuple, list] = {}
-        done: list[tuple[tuple, list]] = []
-        for gi, p in reversed(entries):
-            key = bucket_key(p, self._fmt, self._amsgrad[gi], where(opt.param_groups, gi, p))
-            items, size = open_.setdefault(key, [[], 0])
-            items.append((gi, p))
-            open_[key][1] = size + p.numel() * p.element_size()
-            if open_[key][1] >= self.bucket_bytes:
-                done.append((key, open_.pop(key)[0]))
-        done += [(key, items) for key, (items, _) in open_.items()]
-        buckets, lo = [], 0
-        device = F.local(entries[0][1]).device if entries else torch.device("cpu")
-        backends: dict[tuple, Backend] = {}
-        for key, items in done:
-            if key not in backends:
-                backend = select_backend(opt.options["backend"], device)
-                backend.check(device, key.param_dtype, key.state_dtype)
-                backends[key] = backend
-            params = [p for _, p in items]
-            sharded = any(F.is_dtensor(p) for p in params)
-            buckets.append(_Bucket(params=params, group_rows=[gi for gi, _ in items], lo=lo, hi=lo + len(items),
-                                   amsgrad=key.amsgrad, master=key.master, backend=backends[key],
-                                   allreduce=make_shard_allreduce(params) if self._lamb and sharded else None,
-                                   ready=[False] * len(items)))
-            lo += len(items)
-        return buckets
-
     def _adopt_states(self) -> None:
         """Take over the existing states: converted as step() would, their update counts copied into this
         handle's buffer and ``state["step"]`` made views of it (one buffer, one advance per step)."""
@@ -250,7 +122,7 @@ class ReleaseHandle:
                 or any(opt.options[k] != v for k, v in self._options.items())):
             raise RuntimeError("amsgrad, backend, state_dtype or master_weights changed since gradient release was "
                                "attached (e.g. by load_state_dict): call handle.detach() and attach again")
-        why = _refusal(opt)
+        why = refusal(opt)
         if why is not None:
             raise RuntimeError(f"gradient release cannot continue: {why}")
         state = opt.state
@@ -259,7 +131,7 @@ class ReleaseHandle:
             self._states = [None] * len(self._order)  # a state was loaded or replaced: adopt the new ones
             self._adopt_states()
 
-    def _ensure_states(self, bucket: _Bucket, members: list[int]) -> list[dict]:
+    def _ensure_states(self, bucket: Bucket, members: list[int]) -> list[dict]:
         """The state dicts of ``bucket.params[j]`` for ``j`` in ``members``, created on first use."""
         rows = [bucket.lo + j for j in members]
         missing = [i for i in rows if self._states[i] is None]
@@ -274,7 +146,7 @@ class ReleaseHandle:
     # hooks
     # ------------------------------------------------------------------------------------------------
     def _refuse_step(self, optimizer, args, kwargs) -> None:
-        raise RuntimeError(_STEP_WHILE_ATTACHED)
+        raise RuntimeError(STEP_WHILE_ATTACHED)
 
     def _on_forward(self, module, args, output) -> None:
         if not torch.is_grad_enabled():
@@ -371,7 +243,7 @@ class ReleaseHandle:
     # ------------------------------------------------------------------------------------------------
     # the update of one bucket (whole, or the members that got a gradient)
     # ------------------------------------------------------------------------------------------------
-    def _update(self, bucket: _Bucket, members: list[int] | None) -> None:
+    def _update(self, bucket: Bucket, members: list[int] | None) -> None:
         opt = self.optimizer
         groups = opt.param_groups
         idx = range(len(bucket.params)) if members is None else members
@@ -473,10 +345,10 @@ def attach(model: torch.nn.Module, optimizer: FusedOptimizer, *, bucket_bytes: i
         raise ValueError(f"bucket_bytes must be an int >= 1; got {bucket_bytes!r}")
     if check_count(accumulation_steps, "accumulation_steps") < 1:
         raise ValueError(f"accumulation_steps must be an int >= 1; got {accumulation_steps!r}")
-    why = _refusal(optimizer)
+    why = refusal(optimizer)
     if why is not None:
         raise ValueError(f"gradient release refused: {why}")
-    _refuse_model(model)
+    refuse_model(model)
     ref = _ATTACHED.get(optimizer)
     if ref is not None and ref() is not None and ref().attached:
         raise ValueError("gradient release is already attached to this optimizer: detach() that handle first")
