@@ -1,6 +1,12 @@
-"""The implementations a case times: ours (whole ``step()``, backend call only, reference backend), the
-peers (torch AdamW fused / foreach / for-loop, DeepSpeedCPUAdam, pytorch-optimizer ``Lamb``) and the
-in-place-add bandwidth floor.
+"""The implementations a case times: ours (whole ``step()``, backend call only, reference backend, int8
+moments), the peers (torch AdamW fused / foreach / for-loop, DeepSpeedCPUAdam, pytorch-optimizer ``Lamb``,
+torchao ``AdamW8bit``) and the in-place-add bandwidth floor.
+
+Block-quantized moments (``ours-int8``, ``torchao-8bit``) need 2-d tensors: those two get each flat tensor
+as ``(ceil(n / 1024), 1024)`` (the last row zero-padded: at most 1023 extra elements per tensor, under
+0.3% of a 20M / 50-tensor case) and count bytes per parameter as stored: AdamW 16 B (fp32 parameter read
+and written, fp32 gradient, int8 and uint8 moments read and written) plus the fp32 block scales (4 B per
+256 elements, read and written, per moment), LAMB 22 B plus its scales (``docs/compressed_state.md``).
 
 Every implementation gets its own copy (clone) of the case's parameters and gradients (a shared copy
 would leave the data in cache for whichever of two implementations runs second). ``ours-kernel``
@@ -42,7 +48,7 @@ class Runner:
     """A ready-to-time implementation: ``step()`` is one optimizer step (or one add for the floor)."""
 
     step: Callable[[], object]
-    bytes_per_param: int
+    bytes_per_param: float
     state_dtype: torch.dtype
     keep: object = None  # whatever must stay alive (optimizer, tensors)
 
@@ -69,7 +75,7 @@ class Impl:
         """Why it cannot run here (a module is not installed), or ``None``."""
         if self.requires and importlib.util.find_spec(self.requires) is None:
             return f"{self.requires} is not installed"
-        if self.ours and self.name in ("ours", "ours-kernel"):
+        if self.ours and self.name in ("ours", "ours-kernel", "ours-int8"):
             from lrsched_fused.backends import available_backends
 
             why = available_backends().get("cpu")
@@ -183,9 +189,54 @@ def _build_ours_kernel(op: str, lamb_scratch: int | None = None) -> Callable[[Ca
     return build
 
 
+def int8_bytes(op: str, param_dtype: torch.dtype) -> float:
+    """Bytes per parameter moved by one step with int8 moments (block 256): the parameter traffic of
+    :func:`bytes_per_param` with 1-byte moments, plus the fp32 block scales (AdamW: each moment's read and
+    written; LAMB: once more in its second stage). fp32 parameters: 16.06 (AdamW), 22.09 (LAMB)."""
+    scales = (2 if op == "adamw" else 3) * 2 * 4 / 256
+    return bytes_per_param(op, param_dtype, torch.int8) + scales
+
+
+def _as_rows(inputs: Inputs, width: int = 1024) -> list[torch.nn.Parameter]:
+    """Each flat parameter as a ``(ceil(n / width), width)`` copy (zero-padded), its gradient alike."""
+    out = []
+    for p, g in zip(inputs.params, inputs.grads):
+        rows = -(-p.numel() // width)
+        q = torch.zeros(rows * width, dtype=p.dtype)
+        q[:p.numel()] = p.reshape(-1)
+        grad = torch.zeros(rows * width, dtype=g.dtype)
+        grad[:g.numel()] = g.reshape(-1)
+        q = torch.nn.Parameter(q.reshape(rows, width))
+        q.grad = grad.reshape(rows, width)
+        out.append(q)
+    return out
+
+
+def _build_ours_int8(op: str) -> Callable[[Case, Inputs], Runner]:
+    def build(case: Case, inputs: Inputs) -> Runner:
+        from lrsched_fused import FusedAdamW, FusedLAMB
+
+        params = _as_rows(inputs)
+        cls = FusedAdamW if op == "adamw" else FusedLAMB
+        opt = cls(params, lr=_schedule(), betas=BETAS, eps=EPS[op], weight_decay=WEIGHT_DECAY, backend="cpu",
+                  state_dtype="int8")
+        return Runner(step=opt.step, bytes_per_param=int8_bytes(op, case.param_dtype), state_dtype=torch.int8, keep=(opt, params))
+
+    return build
+
+
 # ---------------------------------------------------------------------------------------------------
 # peers
 # ---------------------------------------------------------------------------------------------------
+def _build_torchao(case: Case, inputs: Inputs) -> Runner:
+    from torchao.optim import AdamW8bit  # blockwise 8-bit moments (dynamic map), block 256; torch.compile'd
+
+    params = _as_rows(inputs)
+    opt = AdamW8bit(params, lr=LR, betas=BETAS, eps=EPS["adamw"], weight_decay=WEIGHT_DECAY)
+    return Runner(step=opt.step, bytes_per_param=int8_bytes("adamw", case.param_dtype), state_dtype=torch.int8, keep=(opt, params))
+
+
+
 def _build_torch(mode: str) -> Callable[[Case, Inputs], Runner]:
     flags = {"fused": dict(fused=True), "foreach": dict(foreach=True, fused=False),
              "forloop": dict(foreach=False, fused=False)}[mode]
@@ -246,10 +297,13 @@ IMPLS: tuple[Impl, ...] = (
     Impl("torch-foreach", "adamw", "torch AdamW foreach=True", _build_torch("foreach"), extra_bytes_per_param=8.0),
     Impl("torch-forloop", "adamw", "torch AdamW for-loop", _build_torch("forloop"), extra_bytes_per_param=0.5),
     Impl("deepspeed", "adamw", "DeepSpeedCPUAdam", _build_deepspeed, requires="deepspeed"),
+    Impl("ours-int8", "adamw", "ours FusedAdamW.step, int8 moments (cpu)", _build_ours_int8("adamw"), ours=True),
+    Impl("torchao-8bit", "adamw", "torchao AdamW8bit (8-bit moments)", _build_torchao, requires="torchao"),
     Impl("floor", "adamw", "in-place add a.add_(b), same bytes", _build_floor("adamw")),
     Impl("ours", "lamb", "ours FusedLAMB.step (cpu)", _build_ours("lamb", "cpu"), ours=True),
     Impl("ours-kernel", "lamb", "ours C++ kernel call only", _build_ours_kernel("lamb"), ours=True),
     Impl("reference", "lamb", "ours FusedLAMB (reference backend)", _build_ours("lamb", "reference"), ours=True),
+    Impl("ours-int8", "lamb", "ours FusedLAMB.step, int8 moments (cpu)", _build_ours_int8("lamb"), ours=True),
     Impl("pyopt", "lamb", "pytorch-optimizer Lamb (foreach)", _build_pyopt, requires="pytorch_optimizer",
          extra_bytes_per_param=8.0),
     Impl("floor", "lamb", "in-place add a.add_(b), same bytes", _build_floor("lamb")),
@@ -266,6 +320,7 @@ PEERS_FOR_RATIOS: tuple[tuple[str, str], ...] = (
     ("deepspeed", "adamw/deepspeed"),
     ("pyopt_lamb", "lamb/pyopt"),
     ("ours_adamw", "adamw/ours"),
+    ("ours_int8_adamw", "adamw/ours-int8"),
 )
 
 

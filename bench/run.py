@@ -35,7 +35,7 @@ from .workloads import DTYPES, Case, human, make_data, parse_count
 DEFAULT_CSV = Path(__file__).resolve().parent / "out" / "results.csv"
 OPS = ("adamw", "lamb")
 #: implementations left out of --quick unless named in --impls (DeepSpeed JIT-builds for about a minute)
-QUICK_SKIP = ("deepspeed",)
+QUICK_SKIP = ("deepspeed", "torchao-8bit")  # torchao compiles its step with torch.compile (~20 s)
 #: fraction of MemAvailable a case may plan to use
 MEMORY_FRACTION = 0.8
 

@@ -270,3 +270,19 @@ def test_overhead_diagnostic_reads_the_current_plan_and_tables(capsys):
     for piece in ("host cost of step()", "reusable_grads (plan validation), total", "read_groups + TablesCache.commit",
                   "CpuBackend: refresh_grads"):
         assert piece in out, piece
+
+
+def test_memory_table_measures_the_configurations(capsys):
+    """bench.memory sums the real tensors: torch AdamW's 12 B/param, mixed precision's 14, and the ~5 B/param
+    of bf16 params + int8 moments + compact masters (1-d parameters keep fp32 moments and int8 blocks add scales, hence the margin)."""
+    from bench import memory
+
+    rows = {r["configuration"]: r for r in memory.measure(64, 512, 2, "reference")}
+    # "other": each tensor's float32 step and the shared clock, 0.0005 B/param at this size
+    assert rows["fp32 params, fp32 moments (= torch AdamW)"]["without_grads"] == pytest.approx(12.0, abs=1e-3)
+    assert rows["bf16 params + fp32 masters, fp32 moments (mixed precision)"]["without_grads"] == pytest.approx(
+        14.0, abs=1e-3)
+    compact = rows["bf16 params + compact8 masters, int8 moments"]
+    assert compact["master"] == 1.0 and 5.0 < compact["without_grads"] < 5.2 and compact["grads"] == 2.0
+    memory.main(["--rows", "8", "--cols", "256", "--layers", "1", "--backend", "reference"])
+    assert "compact8 masters, int8 moments" in capsys.readouterr().out
