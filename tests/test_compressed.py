@@ -311,6 +311,75 @@ def test_telemetry_history_records_the_gradient_norms_of_applied_steps():
         assert l2 == pytest.approx(want[s][0], rel=1e-6) and l1 == pytest.approx(want[s][1], rel=1e-6)
 
 
+
+def _history_run(opt, params, shapes, ks):
+    for k in ks:
+        for p, g in zip(params, _grads(shapes, k)):
+            p.grad = g.clone()
+        opt.step()
+
+
+def test_telemetry_history_survives_the_optimizers_own_state_dict():
+    """A resume through the optimizer's state dict (torch.save / torch.load(weights_only=True)) keeps the
+    whole run's history: the resumed run reports exactly the uninterrupted run's rows."""
+    import io
+    shapes = [(5, 40), (9,)]
+    whole, first = _params(shapes), _params(shapes)
+    opt_whole = FusedLAMB(whole, lr=1e-3, backend="reference", telemetry_history=6)
+    _history_run(opt_whole, whole, shapes, range(5))
+    opt_first = FusedLAMB(first, lr=1e-3, backend="reference", telemetry_history=6)
+    _history_run(opt_first, first, shapes, range(3))
+    buf = io.BytesIO()
+    torch.save(opt_first.state_dict(), buf)
+    buf.seek(0)
+    resumed_params = [p.detach().clone().requires_grad_() for p in first]
+    resumed = FusedLAMB(resumed_params, lr=1e-3, backend="reference", telemetry_history=6)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    assert resumed.telemetry_history()["step"].tolist() == [0, 1, 2]  # readable before the next step
+    _history_run(resumed, resumed_params, shapes, range(3, 5))
+    got, want = resumed.telemetry_history(), opt_whole.telemetry_history()
+    assert got["step"].tolist() == want["step"].tolist() == [0, 1, 2, 3, 4]
+    for key in ("grad_norm_l2", "grad_norm_l1"):
+        assert torch.equal(got[key], want[key]), key
+
+
+def test_telemetry_history_after_a_load_without_rows_reports_only_the_steps_it_saw():
+    """A torch state dict (or DCP, or another capacity) carries no rows: the history restarts at the loaded
+    clock and never reports zero rows for steps it did not see."""
+    shapes = [(5, 40), (9,)]
+    params = _params(shapes)
+    opt = FusedLAMB(params, lr=1e-3, backend="reference", telemetry_history=8)
+    _history_run(opt, params, shapes, range(3))
+    sd = opt.state_dict()
+    del sd["lrsched_fused"]["telemetry_history"]
+    other = FusedLAMB(params, lr=1e-3, backend="reference", telemetry_history=8)
+    other.load_state_dict(sd)
+    assert other.telemetry_history()["step"].tolist() == []
+    _history_run(other, params, shapes, range(3, 5))
+    hist = other.telemetry_history()
+    assert hist["step"].tolist() == [3, 4]
+    assert (hist["grad_norm_l2"] > 0).all()
+    # another capacity: the rows do not fit the ring and are dropped the same way
+    small = FusedLAMB(params, lr=1e-3, backend="reference", telemetry_history=2)
+    small.load_state_dict(opt.state_dict())
+    assert small.telemetry_history()["step"].tolist() == []
+
+
+def test_telemetry_history_rows_of_the_wrong_shape_are_refused_before_anything_changes():
+    shapes = [(5, 40), (9,)]
+    params = _params(shapes)
+    opt = FusedLAMB(params, lr=1e-3, backend="reference", telemetry_history=4)
+    _history_run(opt, params, shapes, range(2))
+    sd = opt.state_dict()
+    sd["lrsched_fused"]["telemetry_history"] = torch.zeros(4, 7)
+    before = opt.telemetry_history()
+    with pytest.raises(ValueError, match="telemetry_history"):
+        opt.load_state_dict(sd)
+    after = opt.telemetry_history()
+    assert after["step"].tolist() == before["step"].tolist() == [0, 1]
+    assert torch.equal(after["grad_norm_l2"], before["grad_norm_l2"])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # every backend, through the optimizer, against the reference backend
 # ---------------------------------------------------------------------------------------------------------

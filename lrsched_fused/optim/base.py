@@ -39,12 +39,13 @@ from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import Schedule
 
 from . import _distributed
+from .external import ExternalStepMixin
 from .lr_scheduler import KernelLRScheduler
 from .lr_view import LrView
-from .memory import state_bytes
 from .plan import Plan, build_plan, check_new_plan, grad_entries, reusable_grads
 from .step_inputs import capturing, check_capture, check_tokens, nonfinite_flag, scalar_attr, tokens_tensor
 from .tables import TablesCache, read_groups
+from .telemetry import HISTORY_KEY, TelemetryMixin
 
 __all__ = ["FusedOptimizer"]
 
@@ -52,7 +53,7 @@ _SET_ERROR = ("params must be an ordered collection (a list), not a set: the ord
               "between runs for state dicts to load")
 
 
-class FusedOptimizer(torch.optim.Optimizer):
+class FusedOptimizer(TelemetryMixin, ExternalStepMixin, torch.optim.Optimizer):
     """Base class: subclasses name their hyperparameters (``hyperparams``) and run the buckets (``_run``)."""
 
     #: GradScaler hands ``grad_scale`` / ``found_inf`` to ``step`` instead of unscaling the grads.
@@ -85,6 +86,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._telemetry: dict[str, Any] = {}
         self._lr_view = LrView(clock)
         self._history: torch.Tensor | None = None
+        self._history_loaded: torch.Tensor | None = None
+        self._history_from = 0
         self._compact_seen: dict[int, tuple[int, int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -346,67 +349,12 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _adopt_plan(self, plan: Plan) -> Plan:
         """Make ``plan`` current; the lr telemetry follows it to its device."""
         device = plan.device
-        capacity = self._options.get("telemetry_history", 0)
-        if capacity and (self._history is None or self._history.device != device):
-            history = torch.zeros(capacity, L.GN_COLS, dtype=torch.float32, device=device)
-            if self._history is not None:
-                history.copy_(self._history)
-            self._history = history
+        self._history_on(device)
         n = len(self.param_groups)
         if self._lr_out is None or self._lr_out.device != device or self._lr_out.numel() != n:
             self._lr_out = torch.zeros(n, dtype=torch.float32, device=device)
         self._plan = plan
         return plan
-
-    # ------------------------------------------------------------------------------------------------
-    # telemetry
-    # ------------------------------------------------------------------------------------------------
-    def telemetry(self) -> dict[str, Any]:
-        """Device tensors describing the last step, read without a host sync:
-
-        * ``lr``: float32 ``[groups]``, the lr each group used;
-        * ``clock``: int64 ``[2]``, (updates applied, tokens consumed) so far;
-        * ``params``: the parameters in the row order of the per-tensor tensors below;
-        * ``param_norm``, ``update_norm``, ``trust_ratio``: float32 ``[n]`` (LAMB only);
-        * ``grad_norm``: float32 scalar, the global gradient norm (LAMB with ``max_grad_norm``).
-        """
-        out: dict[str, Any] = {"lr": self._lr_out, "clock": self._clock,
-                               "params": list(self._plan.order) if self._plan else []}
-        out.update(self._telemetry)
-        return out
-
-    def state_bytes(self) -> dict[str, Any]:
-        """Bytes of the parameters, gradients, moments, block scales, master weights and other state, summed
-        from the real tensors' ``nbytes`` (local shards), with ``per_param`` (see ``optim/memory.py``)."""
-        return state_bytes(self)
-
-    def telemetry_history(self) -> dict[str, torch.Tensor]:
-        """The per-step global gradient norms the kernels recorded (``telemetry_history=`` steps, in a device
-        ring; no extra pass over memory, no host read during training; ``docs/compressed_state.md``):
-        float64 CPU tensors ``step`` (the step clock of each update), ``grad_norm_l2`` and ``grad_norm_l1``
-        (of ``grad / grad_scale``, before clipping) for the last ``min(clock, capacity)`` applied steps, in
-        order. One host read (an export, e.g. for ``schedules.refine``). With parameters sharded alike
-        (FSDP2), the ranks' partial sums are all-reduced here first; otherwise each rank reports its own."""
-        empty = torch.zeros(0, dtype=torch.float64)
-        if self._history is None or self._clock is None:
-            return {"step": empty.long(), "grad_norm_l2": empty, "grad_norm_l1": empty}
-        hist = self._history.clone()
-        if self._plan is not None and self._plan.has_dtensor:
-            _distributed.reduce_history(hist, self._plan.order)
-        cap = hist.shape[0]
-        now = int(self._clock[L.CLOCK_STEPS])
-        steps = torch.arange(max(0, now - cap), now, dtype=torch.int64)
-        rows = hist.double().cpu()[steps % cap]
-        return {"step": steps, "grad_norm_l2": rows[:, L.GN_SUMSQ].sqrt(), "grad_norm_l1": rows[:, L.GN_SUMABS]}
-
-    def get_last_lr(self) -> list[float]:
-        """The lr each group used in the last step; before any step (or right after loading a state
-        dict), the lr the next step will use. Reads the device: call it for logging, not in a hot loop."""
-        self._sync_lrs()
-        if self._lr_out is None:
-            clock = self._clock.tolist() if self._clock is not None else [0] * L.NUM_CLOCKS
-            return [c.lr_at(clock) for c in read_groups(self.param_groups, self.hyperparams)]
-        return [float(x) for x in self._lr_out.tolist()]
 
     # ------------------------------------------------------------------------------------------------
     # state dict (lrsched_fused.checkpoint)
@@ -417,7 +365,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         ``torch.load(weights_only=True)``; the schedules are the groups' ``"schedule"`` dicts;
         ``torch.optim.AdamW`` can load it. Reads the clock on the host (one sync)."""
         self._sync_lrs()
-        return C.finish_state_dict(super().state_dict(), self._clock, self._options)
+        sd = C.finish_state_dict(super().state_dict(), self._clock, self._options)
+        rows = self._history_rows()
+        if rows is not None:
+            sd[C.EXTRA_KEY][HISTORY_KEY] = rows
+        return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict of this class, or of ``torch.optim.AdamW`` (fused or not).
@@ -437,6 +389,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if result is not None:
                 state_dict = result
         loaded = C.prepare_load(self, state_dict)
+        history = self._check_history(state_dict)
         # ---- adopt (nothing above changed the optimizer) ----
         self.__setstate__({"state": loaded.state, "param_groups": loaded.groups})
         self._clock = loaded.clock
@@ -446,6 +399,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._lr_view.reset(loaded.clock_values)
         self._publish_lrs()
         self._compact_seen = {}  # the loaded corrections belong to the parameters as they are now
+        self._adopt_history(history, int(loaded.clock_values[L.CLOCK_STEPS]) if loaded.clock_values else 0)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -466,74 +420,3 @@ class FusedOptimizer(torch.optim.Optimizer):
             for name, default in self.defaults.items():
                 if name != "params":
                     g.setdefault(name, deepcopy(default))
-
-    # --- gradient release support (issue 17) ---
-    # Public entries for code that runs the functional ops itself instead of step(): lrsched_fused.release
-    # updates the parameters bucket by bucket inside backward. Each does what step() does at that point.
-    def group_tables(self) -> GroupTables:
-        """The :class:`~lrsched_fused.functional.GroupTables` step() would hand the kernels now: every param
-        group read and validated as step() reads it (``ValueError`` names the group), schedules re-encoded and
-        hyperparameter rows copied only when they changed, on the parameters' device. Creates the device
-        clock there if there is none yet (:attr:`clock`). Reads no device value on the host."""
-        groups = self.param_groups
-        self._lr_view.check_edits(groups)
-        configs = read_groups(groups, self.hyperparams)
-        device = self._params_device()
-        self._clock_on(device)
-        return self._tables.commit(configs, groups, device)
-
-    def init_state(self, params: Iterable[torch.Tensor]) -> list[dict]:
-        """Create the state of ``params`` (parameters of this optimizer) as step() creates it before their
-        first update (zero moments in their form, ``step`` 0, master weights when asked, the clock as
-        ``state["clock"]``), or bring an existing state to the device, dtype and layout step() uses.
-        Returns their state dicts, in order. Everything is checked and every new tensor made before any
-        state changes (``ValueError`` names the parameter). The next step() builds its plan afresh."""
-        from lrsched_fused.checkpoint import describe_param
-        from lrsched_fused.functional import check_state, state_changes
-
-        params = list(params)
-        groups = self.param_groups
-        where = {id(p): (gi, i) for gi, g in enumerate(groups) for i, p in enumerate(g["params"])}
-        configs = read_groups(groups, self.hyperparams)
-        clock = self._clock_on(self._params_device())
-        fmt = self.state_format
-        changes = []
-        for p in params:
-            if id(p) not in where:
-                raise ValueError(f"init_state: a tensor of shape {tuple(p.shape)} is not a parameter of this optimizer")
-            gi, i = where[id(p)]
-            st = self.state.get(p, {})
-            check_state(p, st, describe_param(groups[gi], gi, i, p))
-            changes.append((p, *state_changes(p, st, keys=configs[gi].hyper.state_keys, fmt=fmt,
-                                              device=local(p).device, clock=clock)))
-        for p, put, drop in changes:
-            st = self.state[p]
-            st.update(put)
-            for k in drop:
-                del st[k]
-        self._plan = None
-        return [self.state[p] for p in params]
-
-    def finish_step(self, tables: GroupTables, steps: torch.Tensor, *,
-                    tokens: int | torch.Tensor | None = None) -> None:
-        """End a step whose updates ran outside step() (``functional.adamw`` / ``lamb`` with ``tables`` from
-        :meth:`group_tables` and :attr:`clock`): one ``functional.advance`` (``telemetry()["lr"]`` gets the lr
-        each group used; ``steps``, the float32 update counts of the tensors updated this step, += 1; the
-        clock += (1, ``tokens``)); then the scheduled groups' ``lr`` show the next step's lr, as after step().
-        ``tokens`` as in step() (required when a group's schedule counts tokens)."""
-        from .step_inputs import check_tokens, to_device
-
-        groups = self.param_groups
-        configs = read_groups(groups, self.hyperparams)
-        tokens_v = check_tokens(tokens, any(c.schedule is not None and c.schedule.unit == "tokens" for c in configs))
-        device = self._params_device()
-        clock = self._clock_on(device)
-        if self._lr_out is None or self._lr_out.device != device or self._lr_out.numel() != len(groups):
-            self._lr_out = torch.zeros(len(groups), dtype=torch.float32, device=device)
-        if isinstance(tokens_v, torch.Tensor):
-            tokens_t = to_device(tokens_v.reshape(1), device, torch.int64)
-        else:
-            tokens_t = None if tokens_v is None else torch.full((1,), tokens_v, dtype=torch.int64, device=device)
-        advance(tables, clock, steps, self._lr_out, tokens=tokens_t, backend=self._options["backend"])
-        self._lr_view.advance(tokens_v, may_skip=False)
-        self._lr_view.publish(groups, configs)
