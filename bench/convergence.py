@@ -4,6 +4,7 @@ configuration (``docs/compressed_state.md``), against fp32 state, plus torchao's
     python -m bench.convergence                    # the demo's model and budget: ~1 min per run on 2 cores
     python -m bench.convergence --quick            # the demo's --quick model: seconds per run
     python -m bench.convergence --optimizers adamw --configs fp32,int8
+    python -m bench.convergence --lr-scale 0.1      # smaller steps: where bf16 weights without masters stall
 
 Every run starts from the same weights (``torch.manual_seed(seed)``) and sees the same batches. fp32 rows
 train an fp32 model; bf16 rows cast the model to bf16 (forward, backward and parameters in bf16), so their
@@ -41,9 +42,9 @@ CONFIGS = {
 }
 
 
-def _recipe(optimizer: str, config: str, hyper: Hyper):
+def _recipe(optimizer: str, config: str, hyper: Hyper, lr_scale: float = 1.0):
     dtype, options = CONFIGS[config]
-    peak = hyper.lamb_lr if optimizer == "lamb" else hyper.adamw_lr
+    peak = lr_scale * (hyper.lamb_lr if optimizer == "lamb" else hyper.adamw_lr)
     decay = hyper.lamb_weight_decay if optimizer == "lamb" else hyper.adamw_weight_decay
     schedule = Hyper(**{**hyper.__dict__, "lamb_lr": peak}).wsd()
 
@@ -62,7 +63,7 @@ def _recipe(optimizer: str, config: str, hyper: Hyper):
     return make, dtype
 
 
-def run(optimizer: str, config: str, *, quick: bool, seed: int = 0) -> float:
+def run(optimizer: str, config: str, *, quick: bool, seed: int = 0, lr_scale: float = 1.0) -> float:
     model_cfg = QUICK["model"] if quick else ModelConfig()
     hyper = Hyper(steps=QUICK["steps"], warmup=QUICK["warmup"]) if quick else Hyper()
     batch = QUICK["batch_size"] if quick else 64
@@ -70,7 +71,7 @@ def run(optimizer: str, config: str, *, quick: bool, seed: int = 0) -> float:
     stream = BatchStream(corpus.train, batch, model_cfg.context, seed=seed)
     val_stream = BatchStream(corpus.val, batch, model_cfg.context, seed=seed + 1)
     val = [val_stream.batch(i, torch.device("cpu")) for i in range(QUICK["val_batches"] if quick else 8)]
-    make, dtype = _recipe(optimizer, config, hyper)
+    make, dtype = _recipe(optimizer, config, hyper, lr_scale)
     torch.manual_seed(seed)
     model = TinyCausalLM(model_cfg).to(dtype)
     with warnings.catch_warnings():
@@ -85,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--optimizers", default="adamw,lamb")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr-scale", type=float, default=1.0, help="multiply the demo's peak lr (default 1)")
     args = ap.parse_args(argv)
+    if not args.lr_scale > 0:
+        raise SystemExit(f"--lr-scale must be > 0; got {args.lr_scale}")
     configs = [c.strip() for c in args.configs.split(",")]
     for name in configs:
         if name not in CONFIGS:
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             dtype, options = CONFIGS[name]
             if options is None and optimizer != "adamw":
                 continue
-            loss = run(optimizer, name, quick=args.quick, seed=args.seed)
+            loss = run(optimizer, name, quick=args.quick, seed=args.seed, lr_scale=args.lr_scale)
             base.setdefault(dtype, loss)
             print(f"| {optimizer} | {name} | {loss:.4f} | {100 * (loss / base[dtype] - 1):+.2f}% |", flush=True)
 

@@ -77,6 +77,9 @@ class RecordingBackend:
     def check(self, device, param_dtype, state_dtype) -> None:
         self.calls.append(("check", param_dtype, state_dtype))
 
+    def gnorm_rows(self, batch) -> int:  # one row of gradient-norm partials per batch (filled by nobody here)
+        return 1
+
     def adamw(self, batch, ctx, *, amsgrad) -> None:
         self.calls.append(("adamw", len(batch), batch.dtype, amsgrad))
 
@@ -221,6 +224,41 @@ def test_compiled_backend_step_makes_no_host_sync(kind, backend):
             opt.step()
     assert opt.clock.tolist() == [6, 0]
     assert opt.get_last_lr()[0] == pytest.approx(WSD(5), rel=1e-6)
+    # the gradient-norm history ring (on by default) was written by those sync-free steps, one row each
+    hist = opt.telemetry_history()
+    assert hist["step"].tolist() == list(range(6))
+    assert (hist["grad_norm_l2"] > 0).all() and (hist["grad_norm_l1"] >= hist["grad_norm_l2"]).all()
+
+
+@pytest.mark.parametrize("kind", ["adamw", "lamb"])
+def test_history_ring_adds_no_launch_and_no_host_sync(recording, kind):
+    """The ring costs no launch: with ``telemetry_history`` on, every step makes exactly the backend calls it
+    makes with it off (the partials ride in the update kernels, the ring write in ``advance``), and no host
+    read; the ring and the partials buffer reach ``advance`` only when it is on."""
+    seen = []
+    advance = recording.advance
+
+    def recording_advance(ctx, steps, lr_out, tokens):
+        seen.append((ctx.gnorm_partials is not None, ctx.history is not None))
+        advance(ctx, steps, lr_out, tokens)
+
+    recording.advance = recording_advance
+    calls = {}
+    for capacity in (0, 16):
+        recording.calls.clear()
+        model = _mixed_model()
+        if kind == "adamw":
+            opt = FusedAdamW(model.parameters(), lr=WSD, telemetry_history=capacity, backend="reference")
+        else:
+            opt = FusedLAMB(model.parameters(), lr=WSD, max_grad_norm=1.0, telemetry_history=capacity,
+                            backend="reference")
+        for step in range(4):
+            _backward(model, step)
+            with no_host_sync():
+                opt.step()
+        calls[capacity] = list(recording.calls)
+    assert calls[16] == calls[0] and len(calls[0]) > 0
+    assert seen == [(False, False)] * 4 + [(True, True)] * 4
 
 
 def test_reference_backend_does_read_the_host_and_the_guard_sees_it():
