@@ -24,7 +24,6 @@ torch) non-finite gradients are applied like any others.
 
 from __future__ import annotations
 
-import warnings
 from copy import deepcopy
 from typing import Any, Callable, ClassVar, Iterable
 
@@ -33,8 +32,8 @@ import torch
 from lrsched_fused import checkpoint as C
 from lrsched_fused._validate import as_schedule, check_bool, check_count
 from lrsched_fused.backends import BACKENDS
-from lrsched_fused.functional import (SUPPORTED_DTYPES, GroupTables, StateFormat, advance, check_storage_options,
-                                      is_dense, local, normalize_group)
+from lrsched_fused.functional import (GroupTables, StateFormat, advance, check_storage_options, local,
+                                      normalize_group)
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.schedules import Schedule
 
@@ -42,6 +41,7 @@ from . import _distributed
 from .external import ExternalStepMixin
 from .lr_scheduler import KernelLRScheduler
 from .lr_view import LrView
+from .param_checks import check_new_params
 from .plan import Plan, build_plan, check_new_plan, grad_entries, reusable_grads
 from .step_inputs import capturing, check_capture, check_tokens, nonfinite_flag, scalar_attr, tokens_tensor
 from .tables import TablesCache, read_groups
@@ -145,7 +145,8 @@ class FusedOptimizer(TelemetryMixin, ExternalStepMixin, torch.optim.Optimizer):
         else:
             params = list(params)
         gi = len(getattr(self, "param_groups", []))
-        self._check_new_params([p[1] if isinstance(p, tuple) else p for p in params], gi)
+        check_new_params([p[1] if isinstance(p, tuple) else p for p in params], gi,
+                         [p for g in getattr(self, "param_groups", []) for p in g["params"]])
         explicit_lr = "lr" in param_group
         for name, default in self.defaults.items():
             if name != "params":
@@ -161,36 +162,6 @@ class FusedOptimizer(TelemetryMixin, ExternalStepMixin, torch.optim.Optimizer):
         self._plan = None
         if hasattr(self, "defaults"):  # torch's __init__ adds the first groups before anything else is set
             self._publish_lrs()
-
-    def _check_new_params(self, tensors: list, gi: int) -> None:
-        seen: set[int] = set()
-        warned = False
-        devices = {local(p).device for g in getattr(self, "param_groups", []) for p in g["params"]}
-        for index, p in enumerate(tensors):
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"optimizer can only optimize Tensors; param_groups[{gi}]['params'][{index}] is a "
-                                f"{type(p).__name__}")
-            where = f"param_groups[{gi}]['params'][{index}] of shape {tuple(p.shape)}"
-            if p.is_complex() or p.dtype not in SUPPORTED_DTYPES:
-                raise ValueError(f"{where} has dtype {p.dtype}; parameters must be float32, bfloat16, float16 or "
-                                 "float64 (complex parameters: optimize torch.view_as_real(p) instead)")
-            if not is_dense(p):
-                raise ValueError(f"{where} overlaps itself or has gaps (strides {local(p).stride()}, e.g. an expanded "
-                                 "view); the fused kernels update dense memory (contiguous, transposed or "
-                                 "channels_last tensors): make it contiguous (p.data = p.data.contiguous())")
-            if id(p) in seen and not warned:
-                warned = True  # torch 2.13's warning, and what we do about it
-                warnings.warn("optimizer contains a parameter group with duplicate parameters; in future, this will "
-                              "cause an error; see github.com/pytorch/pytorch/issues/40967 for more information. "
-                              f"({where} is listed again: as torch does, it is updated once per listing in each "
-                              "step, one after the other, and its step count advances as many times)",
-                              UserWarning, stacklevel=4)
-            seen.add(id(p))
-            devices.add(local(p).device)
-            if len(devices) > 1:
-                raise ValueError(f"{where} is on {local(p).device} but other parameters are on "
-                                 f"{sorted(str(d) for d in devices - {local(p).device})}; all parameters of one "
-                                 "optimizer must be on one device (create one optimizer per device)")
 
     def set_schedule(self, schedule: Schedule | None, group: int | None = None) -> None:
         """Drive ``param_groups[group]`` (all groups if ``None``) with ``schedule`` (``None``: follow
