@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from .workloads import Case, bytes_per_param
+from .workloads import Case, bytes_per_param, int8_bytes
 
 __all__ = ["Impl", "Runner", "IMPLS", "NAMES", "impls_for", "PEERS_FOR_RATIOS"]
 
@@ -187,14 +187,6 @@ def _build_ours_kernel(op: str, lamb_scratch: int | None = None) -> Callable[[Ca
         return _runner("ours-kernel", op, case, step, (batch, ctx, backend, opt))
 
     return build
-
-
-def int8_bytes(op: str, param_dtype: torch.dtype) -> float:
-    """Bytes per parameter moved by one step with int8 moments (block 256): the parameter traffic of
-    :func:`bytes_per_param` with 1-byte moments, plus the fp32 block scales (AdamW: each moment's read and
-    written; LAMB: once more in its second stage). fp32 parameters: 16.06 (AdamW), 22.09 (LAMB)."""
-    scales = (2 if op == "adamw" else 3) * 2 * 4 / 256
-    return bytes_per_param(op, param_dtype, torch.int8) + scales
 
 
 def _as_rows(inputs: Inputs, width: int = 1024) -> list[torch.nn.Parameter]:

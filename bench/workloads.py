@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Case", "DTYPES", "parse_count", "tensor_sizes", "layout_name", "make_data", "bytes_per_param",
+__all__ = ["Case", "DTYPES", "parse_count", "tensor_sizes", "layout_name", "make_data", "bytes_per_param", "int8_bytes",
            "MIXED_MAX_TENSORS"]
 
 #: ``--dtypes`` names: (parameter dtype, our moment dtype). bf16 runs with fp32 moments (our default).
@@ -131,3 +131,11 @@ def bytes_per_param(op: str, param_dtype: torch.dtype, state_dtype: torch.dtype,
     if op == "adamw":
         return 3 * p + 4 * s + (8 if master else 0)
     return 4 * p + 6 * s
+
+
+def int8_bytes(op: str, param_dtype: torch.dtype) -> float:
+    """Bytes per parameter moved by one step with int8 moments (block 256): the parameter traffic of
+    :func:`bytes_per_param` with 1-byte moments, plus the fp32 block scales (AdamW: each moment's read and
+    written; LAMB: once more in its second stage). fp32 parameters: 16.06 (AdamW), 22.09 (LAMB)."""
+    scales = (2 if op == "adamw" else 3) * 2 * 4 / 256
+    return bytes_per_param(op, param_dtype, torch.int8) + scales

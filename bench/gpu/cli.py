@@ -6,6 +6,8 @@ Sections, each inside ``Record.section`` (one failure does not hide the others):
 2. correctness of each backend of ``--backends`` (default triton and cuda) against the reference
    backend (:mod:`bench.gpu.correctness`);
 3. ``FusedAdamW(backend=...)`` against ``torch.optim.AdamW(fused=True)``, per backend;
+   compressed state (int8 moments, compact masters, stochastic rounding) of each backend against the
+   reference backend (:mod:`bench.gpu.compressed`);
 4. CUDA graphs (Triton): replays across WSD phase edges equal eager steps, bit for bit;
 5. ``tests/test_triton_backend.py`` under pytest on the GPU, with the time left (``--pytest``);
 6. timings (:mod:`bench.gpu.timings`).
@@ -103,8 +105,9 @@ def plan_text(args: argparse.Namespace) -> str:
     """What a run with ``args`` would do: sections, sizes, bytes per step and the floor they imply."""
     import torch
 
-    from ..workloads import bytes_per_param
+    from ..workloads import bytes_per_param, int8_bytes
     from .bucket import CONFIGS
+    from .compressed import CONFIGS as COMPRESSED
     from .report import format_table
     from .timings import transformer_shapes
 
@@ -118,10 +121,13 @@ def plan_text(args: argparse.Namespace) -> str:
     configs = [c[0] for c in (CONFIGS[:2] if args.quick or dry else CONFIGS)]
     rows = [("adamw fp32 (ours, torch fused)", bytes_per_param("adamw", f32, f32)),
             ("lamb fp32 (ours)", bytes_per_param("lamb", f32, f32)),
+            ("adamw int8 moments (ours)", f"{int8_bytes('adamw', f32):.2f}"),
+            ("lamb int8 moments (ours)", f"{int8_bytes('lamb', f32):.2f}"),
             ("adamw bf16, ours: fp32 master + moments", bytes_per_param("adamw", bf16, f32, master=True)),
             ("adamw bf16, torch fused: bf16 moments", bytes_per_param("adamw", bf16, bf16))]
     table = format_table(["row", "B/param", "MB/step", f"floor ms at {PLAN_COPY_GBPS:.0f} GB/s"],
-                         [[r, str(b), f"{b * n / 1e6:.1f}", f"{b * n / PLAN_COPY_GBPS / 1e6:.3f}"] for r, b in rows],
+                         [[r, str(b), f"{float(b) * n / 1e6:.1f}", f"{float(b) * n / PLAN_COPY_GBPS / 1e6:.3f}"]
+                          for r, b in rows],
                          indent="     ")
     backends = ", ".join(args.backends)
     pytest = ("skipped in the dry run" if dry and args.pytest != "yes" else
@@ -133,6 +139,9 @@ def plan_text(args: argparse.Namespace) -> str:
                        f"{', '.join(configs)}; LAMB sharded halves; fp32 vs float64; found_inf; determinism; "
                        "grad_sumsq; schedule evaluator near 2**40", 110, initial_indent=" ", subsequent_indent="    "),
         f" 3. FusedAdamW(<backend>) vs torch.optim.AdamW(fused={not dry}), 20 steps",
+        *textwrap.wrap("   compressed state per backend vs the reference backend, 4 steps: adamw, lamb x "
+                       + ", ".join(list(COMPRESSED)[:2] if args.quick or dry else COMPRESSED), 110,
+                       initial_indent=" ", subsequent_indent="    "),
         " 4. CUDA graphs (triton): 36 replays == 36 eager steps across WSD edges; no recompilation"
         + (" (skipped on CPU)" if dry else ""),
         f" 5. pytest {GPU_ONLY_TESTS}, then tests/test_triton_backend.py: {pytest}",
@@ -212,7 +221,7 @@ def run_sections(rec: Record, device, args: argparse.Namespace, deadline: float)
     with rec.section("environment"):
         ensure_importable(rec)
         environment(rec, device, args.backends)
-    from . import correctness, timings
+    from . import compressed, correctness, timings
 
     for name in args.backends:
         with rec.section(f"correctness ({name})"):
@@ -220,6 +229,9 @@ def run_sections(rec: Record, device, args: argparse.Namespace, deadline: float)
     for name in args.backends:
         with rec.section(f"vs torch ({name})"):
             correctness.sec_vs_torch(rec, name, device)
+    for name in args.backends:
+        with rec.section(f"compressed state ({name})"):
+            compressed.sec_compressed(rec, name, device, args.quick or args.dry_run)
     if "triton" in args.backends:
         with rec.section("cuda graph (triton)"):
             correctness.sec_cuda_graph(rec, device, "triton")

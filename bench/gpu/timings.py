@@ -9,7 +9,7 @@ a row's fraction of it is its GB/s over the copy's.
 Rows (``what``: ``step`` a whole optimizer step, ``kernel`` the backend calls alone, ``graph`` a CUDA-graph
 replay of ``step()``), on a GPT-like model of ``--params`` parameters (hidden 2048): AdamW fp32 for each
 backend (step, kernel, and for Triton graph replay and the kernel with other block sizes) and torch
-fused; LAMB fp32; bf16 params with fp32 master weights vs torch fused with bf16 states; 2000 small
+fused; LAMB fp32; int8 moments (AdamW and LAMB) vs torch fused fp32; bf16 params with fp32 master weights vs torch fused with bf16 states; 2000 small
 tensors (launch overhead) vs torch fused and foreach. Optional rows are dropped near the deadline.
 """
 
@@ -201,6 +201,13 @@ def sec_timing(rec: Record, device: torch.device, backends: list[str], target_pa
             del opt
             _free(device)
         del params
+        _free(device)
+
+    # int8 moments (16.06 B/param for AdamW) vs torch fused with fp32 state (28)
+    if left() > 40:
+        from .compressed import timing_rows
+
+        timing_rows(rec, device, ours, make, n, nt, sched, iters, timed)
         _free(device)
 
     # bf16 params: ours with fp32 master + fp32 moments (30 B/param) vs torch fused with bf16 moments (14)
