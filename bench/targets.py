@@ -36,16 +36,19 @@ def _find(rows: list[dict], op: str, impl: str, params: int, tensors: int, threa
     return None
 
 
+def _ratio_check(name: str, row: dict | None, key: str, limit: float, extra: str = "") -> Check:
+    """Met when ``row[key]`` (a ratio) is at most ``limit``; "not measured" without the row or the ratio."""
+    if row is None or row[key] == "":
+        return Check(name, "not measured", None)
+    return Check(name, f"{row[key]:.3f}x ({row['median_ms']:.2f} ms{extra})", row[key] <= limit)
+
+
 def check_targets(rows: list[dict]) -> list[Check]:
     threads = sorted({r["threads"] for r in rows}, reverse=True) or [2]
     out: list[Check] = []
     ours = _find(rows, "adamw", "ours", 50_000_000, 50, 2)
-    name = "AdamW fp32 50M/50, 2 threads: ours <= 1.05x torch fused"
-    if ours is None or ours["ratio_vs_torch_fused"] == "":
-        out.append(Check(name, "not measured", None))
-    else:
-        r = ours["ratio_vs_torch_fused"]
-        out.append(Check(name, f"{r:.3f}x ({ours['median_ms']:.2f} ms)", r <= 1.05))
+    out.append(_ratio_check("AdamW fp32 50M/50, 2 threads: ours <= 1.05x torch fused", ours, "ratio_vs_torch_fused",
+                            1.05))
     name = "AdamW fp32 50M/50, 2 threads: ours >= 90% of the in-place-add floor"
     if ours is None or ours["floor_frac"] == "":
         out.append(Check(name, "not measured", None))
@@ -55,21 +58,13 @@ def check_targets(rows: list[dict]) -> list[Check]:
                          f >= 0.90))
     for t in threads:
         ours = _find(rows, "adamw", "ours", 10_000_000, 2000, t)
-        name = f"AdamW fp32 10M/2000, {t} thread{'s' if t > 1 else ''}: ours <= 1.05x torch fused"
-        if ours is None or ours["ratio_vs_torch_fused"] == "":
-            out.append(Check(name, "not measured", None))
-        else:
-            r = ours["ratio_vs_torch_fused"]
-            out.append(Check(name, f"{r:.3f}x ({ours['median_ms']:.2f} ms)", r <= 1.05))
+        out.append(_ratio_check(f"AdamW fp32 10M/2000, {t} thread{'s' if t > 1 else ''}: ours <= 1.05x torch fused",
+                                ours, "ratio_vs_torch_fused", 1.05))
     for t in threads:
         lamb = _find(rows, "lamb", "ours", 50_000_000, 50, t)
         suffix = f"{t} thread{'s' if t > 1 else ''}"
-        name = f"LAMB fp32 50M/50, {suffix}: ours <= 1.6x our AdamW"
-        if lamb is None or lamb["ratio_vs_ours_adamw"] == "":
-            out.append(Check(name, "not measured", None))
-        else:
-            r = lamb["ratio_vs_ours_adamw"]
-            out.append(Check(name, f"{r:.3f}x ({lamb['median_ms']:.2f} ms)", r <= 1.6))
+        out.append(_ratio_check(f"LAMB fp32 50M/50, {suffix}: ours <= 1.6x our AdamW", lamb, "ratio_vs_ours_adamw",
+                                1.6))
         name = f"LAMB fp32 50M/50, {suffix}: >= 5x faster than pytorch-optimizer Lamb"
         pyopt = _find(rows, "lamb", "pyopt", 50_000_000, 50, t)
         if lamb is None or pyopt is None:
@@ -82,24 +77,15 @@ def check_targets(rows: list[dict]) -> list[Check]:
 
 
 def _int8_checks(rows: list[dict]) -> list[Check]:
-    out = []
     adamw = _find(rows, "adamw", "ours-int8", 20_000_000, 50, 2)
-    name = "AdamW int8 moments 20M/50, 2 threads: <= 0.7x torch fused fp32"
-    if adamw is None or adamw["ratio_vs_torch_fused"] == "":
-        out.append(Check(name, "not measured", None))
-    else:
-        r = adamw["ratio_vs_torch_fused"]
-        out.append(Check(name, f"{r:.3f}x ({adamw['median_ms']:.2f} ms, {100 * adamw['floor_frac']:.0f}% of the floor "
-                         f"at {adamw['bytes_per_param']:.2f} B/param)" if adamw["floor_frac"] != "" else
-                         f"{r:.3f}x ({adamw['median_ms']:.2f} ms)", r <= 0.7))
     lamb = _find(rows, "lamb", "ours-int8", 20_000_000, 50, 2)
-    name = "LAMB int8 moments 20M/50, 2 threads: <= 1.5x our AdamW int8"
-    if lamb is None or lamb["ratio_vs_ours_int8_adamw"] == "":
-        out.append(Check(name, "not measured", None))
-    else:
-        r = lamb["ratio_vs_ours_int8_adamw"]
-        out.append(Check(name, f"{r:.3f}x ({lamb['median_ms']:.2f} ms)", r <= 1.5))
-    return out
+    floor = ""
+    if adamw is not None and adamw["floor_frac"] != "":
+        floor = f", {100 * adamw['floor_frac']:.0f}% of the floor at {adamw['bytes_per_param']:.2f} B/param"
+    return [_ratio_check("AdamW int8 moments 20M/50, 2 threads: <= 0.7x torch fused fp32", adamw,
+                         "ratio_vs_torch_fused", 0.7, floor),
+            _ratio_check("LAMB int8 moments 20M/50, 2 threads: <= 1.5x our AdamW int8", lamb,
+                         "ratio_vs_ours_int8_adamw", 1.5)]
 
 
 def format_checks(checks: list[Check], markdown: bool = False) -> str:

@@ -246,13 +246,21 @@ def test_targets_met_and_not_met():
     rows = [_row("adamw", "ours", 50_000_000, 50, 2, 30.0, ratio_vs_torch_fused=1.02, floor_frac=0.95),
             _row("adamw", "ours", 10_000_000, 2000, 2, 9.0, ratio_vs_torch_fused=1.3),
             _row("lamb", "ours", 50_000_000, 50, 2, 50.0, ratio_vs_ours_adamw=1.67),
-            _row("lamb", "pyopt", 50_000_000, 50, 2, 400.0)]
-    status = {c.target: c.met for c in check_targets(rows)}
+            _row("lamb", "pyopt", 50_000_000, 50, 2, 400.0),
+            _row("adamw", "ours-int8", 20_000_000, 50, 2, 10.0, ratio_vs_torch_fused=0.75, floor_frac=0.66,
+                 bytes_per_param=16.0625),
+            _row("lamb", "ours-int8", 20_000_000, 50, 2, 14.5, ratio_vs_ours_int8_adamw=1.45)]
+    checks = check_targets(rows)
+    status = {c.target: c.met for c in checks}
+    figure = {c.target: c.figure for c in checks}
     assert status["AdamW fp32 50M/50, 2 threads: ours <= 1.05x torch fused"] is True
     assert status["AdamW fp32 50M/50, 2 threads: ours >= 90% of the in-place-add floor"] is True
     assert status["AdamW fp32 10M/2000, 2 threads: ours <= 1.05x torch fused"] is False
     assert status["LAMB fp32 50M/50, 2 threads: ours <= 1.6x our AdamW"] is False
     assert status["LAMB fp32 50M/50, 2 threads: >= 5x faster than pytorch-optimizer Lamb"] is True
+    int8 = "AdamW int8 moments 20M/50, 2 threads: <= 0.7x torch fused fp32"
+    assert status[int8] is False and figure[int8] == "0.750x (10.00 ms, 66% of the floor at 16.06 B/param)"
+    assert status["LAMB int8 moments 20M/50, 2 threads: <= 1.5x our AdamW int8"] is True
 
 
 def test_targets_not_measured_without_rows():

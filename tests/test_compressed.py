@@ -395,13 +395,28 @@ MIXED_SHAPES = [(4, 300), (3, 70), (5,), (0, 4), (600,)]  # across and within bl
 
 def _master_of(opt, p):
     """The master value a parameter stands for: the fp32 master, or the parameter plus its correction."""
-    state = opt.state[p]
-    if "master_param" in state:
-        return state["master_param"].float()
-    if "master_correction" not in state:
-        return p.detach().float()
-    bits = 16 if state["master_correction"].dtype == torch.int16 else 8
-    return Q.compact_decode(p.detach(), state["master_correction"], bits)
+    return C.master_value(p, opt.state[p])
+
+
+def test_master_value_is_the_weight_each_master_option_stands_for():
+    """``checkpoint.master_value``: the fp32 master itself, the bf16 parameter plus its correction (16-bit:
+    exactly the fp32 master an identical run keeps; 8-bit, after one step from bf16 weights: the fp32
+    master rounded to 16 significant bits, so within half a correction step, 2**-16 of the value), or the
+    parameter when there is no master."""
+    shapes = [(6, 300)]
+    runs = {}
+    for name, options in (("fp32", dict(master_weights=True)), ("c16", dict(master_weights="compact", master_bits=16)),
+                          ("c8", dict(master_weights="compact")), ("none", {})):
+        params = _params(shapes, torch.bfloat16)
+        opt = FusedAdamW(params, lr=1e-3, backend="reference", **options)
+        _train(opt, params, shapes, 1)
+        runs[name] = C.master_value(params[0], opt.state[params[0]])
+        assert runs[name].dtype == torch.float32
+        if name == "none":
+            assert torch.equal(runs[name], params[0].detach().float())
+    assert torch.equal(runs["c16"], runs["fp32"])
+    assert bool(((runs["c8"] - runs["fp32"]).abs() <= runs["fp32"].abs() * 2.0 ** -16).all())
+    assert not torch.equal(runs["c8"], runs["none"])  # the correction carries bits the parameter lacks
 
 
 @pytest.mark.parametrize("backend", [b for b in backends_on_cpu() if b != "reference"])

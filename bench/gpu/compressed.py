@@ -40,16 +40,10 @@ N_STEPS = 4
 
 
 def _master(opt, p) -> torch.Tensor:
-    """The master value ``p`` stands for: its fp32 master, or the parameter plus its correction."""
-    from lrsched_fused.reference import quant
+    """The master value ``p`` stands for (``checkpoint.master_value``), on the CPU."""
+    from lrsched_fused.checkpoint import master_value
 
-    state = opt.state[p]
-    if "master_param" in state:
-        return state["master_param"].float()
-    if "master_correction" not in state:
-        return p.detach().float()
-    bits = 16 if state["master_correction"].dtype == torch.int16 else 8
-    return quant.compact_decode(p.detach().cpu(), state["master_correction"].cpu(), bits)
+    return master_value(p, opt.state[p]).cpu()
 
 
 def _train(name: str, kind: str, dtype, options: dict, shapes, device) -> tuple:

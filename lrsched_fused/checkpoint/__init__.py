@@ -41,10 +41,10 @@ not fit; only then does the optimizer adopt them.
 
 from ._format import (EXTRA_KEY, GROUP_CLOCK_KEY, STATE_CLOCK_KEY, STATE_FORMAT_VERSION, clock_to_plain, describe_param,
                       finish_state_dict, pack_extra)
-from ._convert import from_torch, to_torch
+from ._convert import from_torch, master_value, to_torch
 from ._load import LoadedState, prepare_load
 from ._torch import clock_from_torch_scheduler, torch_scheduler_for
 
 __all__ = ["STATE_FORMAT_VERSION", "EXTRA_KEY", "GROUP_CLOCK_KEY", "STATE_CLOCK_KEY", "LoadedState", "prepare_load", "pack_extra",
            "finish_state_dict", "clock_to_plain", "describe_param", "torch_scheduler_for",
-           "clock_from_torch_scheduler", "to_torch", "from_torch"]
+           "clock_from_torch_scheduler", "to_torch", "from_torch", "master_value"]

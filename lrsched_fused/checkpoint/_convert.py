@@ -18,7 +18,7 @@ from lrsched_fused.functional.compressed import MASTER_KEYS, QUANT_KEYS, StateFo
 from lrsched_fused.kernels import layout as L
 from lrsched_fused.reference import quant as Q
 
-__all__ = ["to_torch", "from_torch"]
+__all__ = ["to_torch", "from_torch", "master_value"]
 
 
 def _block_for(d: int, nb: int) -> int:
@@ -71,3 +71,17 @@ def from_torch(state_dict: Mapping[str, Any], *, state_dtype: Any = "int8", quan
         state[pid] = st
     out["state"] = state
     return out
+
+
+def master_value(param: torch.Tensor, state: Mapping[str, Any]) -> torch.Tensor:
+    """The float32 weight ``param`` stands for, given its optimizer state: the fp32 ``master_param``; with a
+    compact master, the parameter plus its ``master_correction`` (``M = from_bits(bits(float32(p)) + c * 2**k)``,
+    ``docs/compressed_state.md``); otherwise the parameter itself. A new tensor on the state's device; e.g.
+    to export full-precision weights from a bf16 model trained with compact masters."""
+    if "master_param" in state:
+        return state["master_param"].detach().float().clone()
+    if "master_correction" not in state:
+        return param.detach().float().clone()
+    correction = state["master_correction"]
+    bits = 16 if correction.dtype == torch.int16 else 8
+    return Q.compact_decode(param.detach(), correction, bits)
