@@ -294,3 +294,15 @@ def test_memory_table_measures_the_configurations(capsys):
     assert compact["master"] == 1.0 and 5.0 < compact["without_grads"] < 5.2 and compact["grads"] == 2.0
     memory.main(["--rows", "8", "--cols", "256", "--layers", "1", "--backend", "reference"])
     assert "compact8 masters, int8 moments" in capsys.readouterr().out
+
+
+@pytest.mark.cpu_ext
+@pytest.mark.skipif(not have_backend("cpu"), reason="the C++ extension is not built")
+def test_layouts_times_every_case_against_ours_contiguous(capsys):
+    from bench import layouts
+
+    layouts.main(["--rows", "8", "--cols", "16", "--tensors", "2", "--repeats", "2", "--threads", "1"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.endswith("x |")]
+    assert len(lines) == 5 and lines[0].startswith("| ours, contiguous |") and lines[0].endswith("| 1.00x |")
+    with pytest.raises(SystemExit):
+        layouts.main(["--repeats", "0"])
