@@ -86,7 +86,6 @@ class FusedOptimizer(TelemetryMixin, ExternalStepMixin, torch.optim.Optimizer):
         self._telemetry: dict[str, Any] = {}
         self._lr_view = LrView(clock)
         self._history: torch.Tensor | None = None
-        self._history_loaded: torch.Tensor | None = None
         self._history_from = 0
         self._compact_seen: dict[int, tuple[int, int]] = {}
 

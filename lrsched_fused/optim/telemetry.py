@@ -33,9 +33,8 @@ HISTORY_KEY = "telemetry_history"
 class TelemetryMixin:
     """``telemetry``, ``telemetry_history``, ``state_bytes``, ``get_last_lr`` (see the module docstring)."""
 
-    _history: torch.Tensor | None
+    _history: torch.Tensor | None   # the ring (after a load: the loaded rows, on the CPU until a step places it)
     _history_from: int
-    _history_loaded: torch.Tensor | None
 
     def telemetry(self) -> dict[str, Any]:
         """Device tensors describing the last step, read without a host sync:
@@ -65,7 +64,7 @@ class TelemetryMixin:
         e.g. for ``schedules.refine``). With parameters sharded alike (FSDP2), the ranks' partial sums are
         all-reduced here first; otherwise each rank reports its own."""
         empty = torch.zeros(0, dtype=torch.float64)
-        hist = self._history if self._history is not None else self._history_loaded
+        hist = self._history
         if hist is None or self._clock is None:
             return {"step": empty.long(), "grad_norm_l2": empty, "grad_norm_l1": empty}
         hist = hist.clone()
@@ -88,20 +87,18 @@ class TelemetryMixin:
 
     # -- the ring: allocation, state dicts ------------------------------------------------------------------
     def _history_on(self, device: torch.device) -> None:
-        """Create (or move) the ring on ``device`` when a capacity is set, with any loaded rows."""
+        """Create the ring on ``device`` when a capacity is set, or move it (with its rows) there."""
         capacity = self._options.get("telemetry_history", 0)
         if not capacity or (self._history is not None and self._history.device == device):
             return
         ring = torch.zeros(capacity, L.GN_COLS, dtype=torch.float32, device=device)
-        source = self._history if self._history is not None else self._history_loaded
-        if source is not None:
-            ring.copy_(source)
-        self._history, self._history_loaded = ring, None
+        if self._history is not None:
+            ring.copy_(self._history)
+        self._history = ring
 
     def _history_rows(self) -> torch.Tensor | None:
         """This rank's ring as a CPU tensor for a state dict (``None``: no ring)."""
-        hist = self._history if self._history is not None else self._history_loaded
-        return None if hist is None else hist.detach().to("cpu", copy=True)
+        return None if self._history is None else self._history.detach().to("cpu", copy=True)
 
     def _check_history(self, state_dict: Mapping[str, Any]) -> torch.Tensor | None:
         """The history rows of ``state_dict`` that fit this optimizer's ring (``None``: none carried, or
@@ -120,5 +117,5 @@ class TelemetryMixin:
 
     def _adopt_history(self, rows: torch.Tensor | None, clock_steps: int) -> None:
         """After a load: the loaded rows (reported from step 0), or a fresh ring reported from the clock."""
-        self._history, self._history_loaded = None, rows
+        self._history = rows
         self._history_from = 0 if rows is not None else clock_steps
