@@ -31,7 +31,7 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Bytes per category (:data:`KINDS`), ``total``, ``numel`` (parameter elements, local) and
     ``per_param`` (``total / numel``), plus ``per_param_without_grads``."""
     out = dict.fromkeys(KINDS, 0)
-    seen: set[int] = set()
+    seen: set[tuple[int, int, int]] = set()  # (storage address, offset, bytes): each tensor counted once
     numel = 0
 
     def add(kind: str, t: Any) -> None:
