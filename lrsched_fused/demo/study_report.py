@@ -17,22 +17,30 @@ StudyRun = Any
 __all__ = ["prediction_table", "refinement_table", "plot_study", "save_study"]
 
 
-def prediction_table(rows: Sequence[dict], law: AnnealingLaw, law_fit: AnnealingLaw, start: int) -> str:
-    """Final validation loss, predicted (lambda fixed and fitted) against actual, per held-out schedule."""
-    lines = [f"Loss prediction: the annealing law fitted to the fit runs' validation losses at steps >= {start}, "
-             "then the final validation loss of schedules it did not see:", "",
+def prediction_table(rows: Sequence[dict], law: AnnealingLaw, law_fit: AnnealingLaw, start: int, seeds: int = 1,
+                     single: dict | None = None) -> str:
+    """Final validation loss, predicted (lambda fixed and fitted) against actual (the mean over ``seeds`` seeds,
+    with half the range), per held-out schedule; ``single``: the largest errors of the same fit and predictions
+    from the first seed alone."""
+    over = f"the mean of {seeds} seeds" if seeds > 1 else "one seed"
+    lines = [f"Loss prediction: the annealing law fitted to the fit runs' validation losses at steps >= {start} "
+             f"({over}), then the final validation loss of schedules it did not see ({over}):", "",
              f"  lambda fixed:  {law.describe()}", f"  lambda fitted: {law_fit.describe()}", "",
-             f"| schedule | actual | predicted (lambda {law.decay:g}) | error | predicted (lambda fitted) | error |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"| schedule | actual | +- (half range) | predicted (lambda {law.decay:g}) | error | "
+             "predicted (lambda fitted) | error |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['schedule']} | {r['actual']:.4f} | {r['fixed']:.4f} | {100 * r['fixed_error']:+.2f}% | "
-                     f"{r['fitted']:.4f} | {100 * r['fitted_error']:+.2f}% |")
+        lines.append(f"| {r['schedule']} | {r['actual']:.4f} | {r.get('half_range', 0.0):.4f} | {r['fixed']:.4f} | "
+                     f"{100 * r['fixed_error']:+.2f}% | {r['fitted']:.4f} | {100 * r['fitted_error']:+.2f}% |")
     held = [r for r in rows if r["schedule"] != "refined"]
     worst = {key: max(abs(r[f"{key}_error"]) for r in held) for key in ("fixed", "fitted")}
     lines += ["", f"Largest final-loss error on the {len(held)} held-out schedules: {100 * worst['fixed']:.2f}% with lambda "
               f"{law.decay:g} (fit residual {100 * law.residual:.2f}%), {100 * worst['fitted']:.2f}% with lambda fitted "
               f"({law_fit.decay:.4g}; fit residual {100 * law_fit.residual:.2f}%); residual: rms of the log-loss "
               f"residuals over the {law.points} fitted points."]
+    if single is not None:
+        lines.append(f"From seed {single['seed']} alone (fit and actual): {100 * single['fixed']:.2f}% with lambda "
+                     f"{law.decay:g}, {100 * single['fitted']:.2f}% with lambda fitted ({single['decay_fitted']:.4g}).")
     return "\n".join(lines)
 
 
@@ -115,8 +123,10 @@ def _law(law: AnnealingLaw) -> dict:
 
 
 def save_study(path: str | Path, config: dict, runs: Sequence[StudyRun], law: AnnealingLaw, law_fit: AnnealingLaw,
-               predictions: list, comparison: list, branches: list, refined: Schedule) -> Path:
+               predictions: list, comparison: list, branches: list, refined: Schedule,
+               single_seed: dict | None = None) -> Path:
     data = {"config": config, "law": _law(law), "law_fitted_decay": _law(law_fit), "predictions": predictions,
+            "single_seed": single_seed,
             "refinement": comparison, "branches": branches, "refined_schedule": refined.to_dict(),
             "runs": [{"schedule": r.label, "seed": r.seed, "spec": r.schedule.to_dict(), "seconds": r.result.seconds,
                       "losses": r.result.losses, "lrs": r.result.lrs,
