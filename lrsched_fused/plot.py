@@ -131,6 +131,15 @@ GALLERY: list[tuple[str, list[tuple[str, str]]]] = [
                                      f"warmup_steps=50, peak_lr=0.7, total_steps={_T})"),
         ("tabulated knots", "tabulated([0, 100, 300, 600, 1000], [0.0, 1.0, 0.8, 0.5, 0.05])"),
     ]),
+    ("branch (MiniCPM) and chain", [
+        ("stable run", f"wsd(peak_lr=1.0, total_steps={_T}, warmup_steps=50, decay_steps=0)"),
+        ("1-sqrt branch at 400", f"branch(wsd(peak_lr=1.0, total_steps={_T}, warmup_steps=50, decay_steps=0), "
+                                 "at_step=400, decay_steps=100, shape='1-sqrt')"),
+        ("linear branch at 700", f"branch(wsd(peak_lr=1.0, total_steps={_T}, warmup_steps=50, decay_steps=0), "
+                                 "at_step=700, decay_steps=150, shape='linear')"),
+        ("chain(cosine, linear)", "chain(cosine(peak_lr=0.6, total_steps=500, final_lr=0.3), "
+                                  "linear(peak_lr=0.3, total_steps=500))"),
+    ]),
 ]
 
 

@@ -123,3 +123,18 @@ def test_branch_is_monotone_and_continuous_at_at_step(total, data):
     values = [b(t) for t in range(at, at + n + 1, max(1, n // 50))] + [b(at + n)]
     assert values[0] == 1.0 and values[-1] == 0.0
     assert all(x >= y for x, y in zip(values, values[1:]))
+
+
+def test_branch_and_chain_in_schedule_text():
+    """``branch(...)`` and ``chain(...)`` are constructors of the text form (parse, predict --schedule, plot)."""
+    text = "wsd(peak_lr=0.003, total_steps=1000, warmup_steps=100, decay_steps=100, final_lr=3e-05)"
+    assert S.parse(f"branch({text}, at_step=500, decay_steps=40, shape='cosine')") == long_wsd().branch(500, 40, "cosine")
+    assert S.parse(f"branch({text}, 300, 20, final_lr=1e-4)") == long_wsd().branch(300, 20, "linear", 1e-4)
+    assert S.branch(long_wsd(), 300, 20) == long_wsd().branch(300, 20)
+    with pytest.raises(ValueError, match="schedule must be a Schedule"):
+        S.parse("branch(0.1, at_step=5, decay_steps=5)")
+    with pytest.raises(ValueError, match="shape must be one of"):
+        S.parse(f"branch({text}, at_step=5, decay_steps=5, shape='wiggle')")
+    joined = S.parse("chain(cosine(peak_lr=0.6, total_steps=500, final_lr=0.3), linear(peak_lr=0.3, total_steps=500))")
+    want = S.chain(S.cosine(peak_lr=0.6, total_steps=500, final_lr=0.3), S.linear(peak_lr=0.3, total_steps=500))
+    assert joined == want and joined(500) == 0.3

@@ -189,6 +189,18 @@ def test_predict_defaults_and_fitted_decay(tmp_path, capsys):
     assert "lambda 0.999" in printed  # the curves were made with 0.999
 
 
+def test_predict_a_decay_branch_of_the_stable_run(tmp_path, capsys):
+    """A branch spec in text (``branch(...)``): predicted at its own end, at_step + decay_steps."""
+    law, paths = _synthetic_curves(tmp_path)
+    text = ("branch(wsd(peak_lr=2e-3, total_steps=400, warmup_steps=20, decay_steps=0), at_step=200, "
+            "decay_steps=50, shape='1-sqrt')")
+    assert main(["predict", "--fit", *map(str, paths), "--schedule", text]) == 0
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.startswith("| branch("))
+    want = law.predict(S.parse(text), [250])[0]
+    assert "| predicted | 250 |" in row and f"{want:.4f}" in row
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--decay", "slow"], "--decay"),
     (["--decay", "1.5"], "decay"),

@@ -10,6 +10,7 @@ indexing conventions.
 """
 
 from ._adapter import LRScheduler
+from ._branch import branch
 from ._constructors import DECAY_SHAPES, constant, cosine, infinite, linear, power, rewarm, rex, wsd
 from ._evaluate import evaluate, evaluators, register_evaluator
 from ._parse import parse_schedule as _parse_schedule
@@ -18,7 +19,7 @@ from ._spec import FORMAT_VERSION, SHAPES, Phase, Schedule, chain, tabulated
 from ._tables import ScheduleTables, encode_tables
 
 CONSTRUCTORS = {"constant": constant, "linear": linear, "cosine": cosine, "wsd": wsd, "rex": rex, "power": power,
-                "infinite": infinite, "rewarm": rewarm, "tabulated": tabulated}
+                "infinite": infinite, "rewarm": rewarm, "tabulated": tabulated, "branch": branch, "chain": chain}
 
 
 def parse(text: str) -> Schedule:
@@ -34,5 +35,5 @@ def from_dict(data) -> Schedule:
 
 __all__ = ["Phase", "Schedule", "SHAPES", "DECAY_SHAPES", "FORMAT_VERSION", "constant", "linear", "cosine", "wsd",
            "rex", "power", "infinite", "rewarm", "chain", "tabulated", "evaluate", "register_evaluator", "evaluators",
-           "LRScheduler", "parse", "refine",
+           "LRScheduler", "parse", "refine", "branch",
            "from_dict", "ScheduleTables", "encode_tables", "CONSTRUCTORS"]

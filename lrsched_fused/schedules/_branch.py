@@ -20,10 +20,19 @@ from typing import Any
 
 from ._phase import Phase, _check_count, _check_finite, _shape_name
 
-__all__ = ["BRANCH_SHAPES", "branch_phases"]
+__all__ = ["BRANCH_SHAPES", "branch", "branch_phases"]
 
 #: The WSD decay shapes (``schedules.DECAY_SHAPES``; a test keeps the two equal).
 BRANCH_SHAPES = ("linear", "cosine", "1-sqrt", "square", "exp")
+
+
+def branch(schedule: Any, at_step: int, decay_steps: int, shape: str = "linear", final_lr: float | None = None) -> Any:
+    """``schedule.branch(at_step, decay_steps, shape, final_lr)`` as a constructor, so that schedule text can
+    say it: ``branch(wsd(peak_lr=2e-2, total_steps=1000, decay_steps=0), at_step=600, decay_steps=100,
+    shape='1-sqrt')`` (``schedules.parse``, ``lrsched-fused predict --schedule``, ``plot``)."""
+    if not callable(getattr(schedule, "branch", None)):
+        raise ValueError(f"schedule must be a Schedule (such as wsd(...)); got {type(schedule).__name__}")
+    return schedule.branch(at_step, decay_steps, shape, final_lr)
 
 
 def branch_phases(schedule: Any, at_step: Any, decay_steps: Any, shape: Any,
