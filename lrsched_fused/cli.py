@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the schedule study instead: fit the annealing law to two runs, predict and train held-out "
                            "schedules, refine a schedule from gradient norms and compare it over seeds "
                            "(docs/schedule_science.md); writes study.md, study.png, study.json, curves/")
-    demo.add_argument("--seeds", type=int, default=2, help="with --study: seeds of the refinement comparison (default 2)")
+    demo.add_argument("--seeds", type=int, default=2, help="with --study: seeds of every run (fit, held-out, refined; default 2)")
 
     pred = sub.add_parser("predict", help="fit the annealing law to loss curves and predict schedules' losses",
                           description="Fit L(s) = L0 + A*S1^-alpha - C*S2 (Tissue et al., arXiv 2408.11029) to loss "
