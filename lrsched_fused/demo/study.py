@@ -44,7 +44,7 @@ from .model import TinyCausalLM
 from .recipes import Hyper, Recipe, RecipeFactory, resolved_backend
 from .report import curve_name
 from .run import DemoConfig, _progress_bar
-from .study_report import plot_study, prediction_table, refinement_table, save_study
+from .study_report import mean_validation, plot_study, prediction_table, refinement_table, save_study
 from .train import RunResult, train
 
 __all__ = ["StudyConfig", "StudyRun", "StudyResult", "run_study", "study_schedules"]
@@ -180,12 +180,10 @@ def _points(run: StudyRun, start: int) -> tuple[Schedule, np.ndarray, np.ndarray
 
 
 def _mean_points(runs: list[StudyRun], start: int) -> tuple[Schedule, np.ndarray, np.ndarray]:
-    """One schedule's validation losses averaged over its seeds (every run has the same validation steps): the
-    expected curve the law describes, with the seed-to-seed noise reduced."""
-    per_seed = [_points(r, start) for r in runs]
-    steps = per_seed[0][1]
-    assert all(np.array_equal(p[1], steps) for p in per_seed), "the seeds' validation steps differ"
-    return runs[0].schedule, steps, np.mean([p[2] for p in per_seed], axis=0)
+    """The fit's points of one schedule: its seed-mean validation losses (``mean_validation``) from ``start``."""
+    ks, vs = mean_validation(runs)
+    keep = [i for i, k in enumerate(ks) if k >= max(start, 1)]
+    return runs[0].schedule, np.array([ks[i] for i in keep]), np.array([vs[i] for i in keep])
 
 
 def _prediction(runs: list[StudyRun], law: AnnealingLaw, law_fit: AnnealingLaw, steps: int) -> dict:
@@ -198,6 +196,15 @@ def _prediction(runs: list[StudyRun], law: AnnealingLaw, law_fit: AnnealingLaw, 
         row[key] = pred
         row[f"{key}_error"] = pred / actual - 1.0
     return row
+
+
+def _first_seed_alone(fit_runs: dict, held_runs: dict, start: int, decay: float, steps: int) -> dict:
+    """The same fit and predictions from the first seed's runs alone: what one seed's noise does to the errors."""
+    first = [_points(runs[0], start) for runs in fit_runs.values()]
+    law, law_fit = AnnealingLaw.fit(first, decay=decay), AnnealingLaw.fit(first, decay="fit")
+    rows = [_prediction(runs[:1], law, law_fit, steps) for runs in held_runs.values()]
+    return {"seed": next(iter(fit_runs.values()))[0].seed, "fixed": max(abs(r["fixed_error"]) for r in rows),
+            "fitted": max(abs(r["fitted_error"]) for r in rows), "decay_fitted": law_fit.decay, "predictions": rows}
 
 
 def _spread(xs: list[float]) -> tuple[float, float]:
@@ -243,15 +250,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
     by = {(r.label, r.seed): r for r in trainer.runs}
 
     predictions = [_prediction(runs, law, law_fit, h.steps) for runs in [*held_runs.values(), refined_runs]]
-    # the same fit and predictions from the first seed alone: what one seed's noise does to the errors
-    single = None
-    if len(seeds) > 1:
-        first = [_points(runs[0], start) for runs in fit_runs.values()]
-        law1, law1_fit = AnnealingLaw.fit(first, decay=cfg.decay), AnnealingLaw.fit(first, decay="fit")
-        rows1 = [_prediction(runs[:1], law1, law1_fit, h.steps) for runs in held_runs.values()]
-        single = {"seed": seeds[0], "fixed": max(abs(r["fixed_error"]) for r in rows1),
-                  "fitted": max(abs(r["fitted_error"]) for r in rows1), "decay_fitted": law1_fit.decay,
-                  "predictions": rows1}
+    single = _first_seed_alone(fit_runs, held_runs, start, cfg.decay, h.steps) if len(seeds) > 1 else None
     comparison = []
     for label in ("refined", fit_scheds[1][0], held_scheds[0][0]):
         finals = [by[(label, s)].final for s in seeds]

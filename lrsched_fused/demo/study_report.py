@@ -14,7 +14,7 @@ from lrsched_fused.schedules import Schedule
 #: a :class:`~lrsched_fused.demo.study.StudyRun` (not imported: :mod:`.study` imports this module)
 StudyRun = Any
 
-__all__ = ["prediction_table", "refinement_table", "plot_study", "save_study"]
+__all__ = ["prediction_table", "refinement_table", "plot_study", "save_study", "mean_validation"]
 
 
 def prediction_table(rows: Sequence[dict], law: AnnealingLaw, law_fit: AnnealingLaw, start: int, seeds: int = 1,
@@ -63,6 +63,13 @@ def _val(run: StudyRun) -> tuple[list[int], list[float]]:
     return ks, [run.result.val[k] for k in ks]
 
 
+def mean_validation(runs: Sequence[StudyRun]) -> tuple[list[int], list[float]]:
+    """``(steps, losses)``: the validation losses of one schedule's runs (its seeds) averaged step by step, at
+    the steps every run has: the expected curve the annealing law describes, with the seeds' noise reduced."""
+    ks = sorted(set.intersection(*(set(r.result.val) for r in runs)))
+    return ks, [float(np.mean([r.result.val[k] for r in runs])) for k in ks]
+
+
 def plot_study(path: str | Path, runs: Sequence[StudyRun], law: AnnealingLaw, fit: Sequence[tuple[str, Schedule]],
                held: Sequence[tuple[str, Schedule]], start: int, steps: int) -> Path:
     """Three panels: the schedules; ``law``'s fitted and predicted validation curves (lines) against the measured
@@ -86,16 +93,16 @@ def plot_study(path: str | Path, runs: Sequence[StudyRun], law: AnnealingLaw, fi
         run = first.get(label)
         if run is None:
             continue
-        ks, vs = _val(run)
+        ks, vs = mean_validation([r for r in runs if r.label == label])
         kind = "fit" if label in dict(fit) else "predicted"
         ax_pred.plot(ks, vs, "o", color=colors[label], markersize=3.5, alpha=0.8)
         ax_pred.plot(ts, law.predict(run.schedule, ts), "-" if kind == "fit" else "--", color=colors[label],
                      label=f"{label} ({kind})")
     ax_pred.axvline(start, color="0.6", linestyle=":", linewidth=1)
     ax_pred.set_ylabel("validation loss")
-    ax_pred.set_title(f"annealing law (lambda {law.decay:.4g}): fitted / predicted (lines) vs measured (dots)",
-                      fontsize=9)
-    vals = [v for r in first.values() for k, v in r.result.val.items() if k >= start]
+    ax_pred.set_title(f"annealing law (lambda {law.decay:.4g}): fitted / predicted (lines) vs measured, mean of the "
+                      "seeds (dots)", fontsize=9)
+    vals = [v for r in runs for k, v in r.result.val.items() if k >= start]
     if vals:
         lo, hi = min(vals), max(vals)
         ax_pred.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))
