@@ -1,8 +1,8 @@
 // The memory pattern of the int8-moment AdamW step with as little arithmetic as it allows: how fast can a
 // kernel that moves what ours moves go on this machine? (Issue 15; figures in bench/RESULTS.md.)
 //
-// 20M fp32 parameters in 50 tensors, fp32 gradients, int8 first / uint8 second moment codes, blocks of 256:
-// read p, g, m, v and write p, m, v (16 B/param), two passes per block through an L1 scratch (the codes
+// 19.99M fp32 parameters in 50 tensors of 1562 whole blocks of 256, fp32 gradients, int8 first / uint8
+// second moment codes: read p, g, m, v and write p, m, v (16 B/param), two passes per block through an L1 scratch (the codes
 // need the block's absmax first), OpenMP over chunks of 65536 elements like csrc/cpu. Variants: with or
 // without a square root and a division per element, software prefetch distance, and "cold" (a 1 GiB buffer
 // written between repeats, as the interleaved rounds of bench.run evict the step's tensors) or "hot"; and
@@ -25,8 +25,8 @@
 namespace {
 
 constexpr int kTensors = 50;
-constexpr long kPerTensor = 400000;  // 20M in all
 constexpr long kChunk = 65536, kBlock = 256;
+constexpr long kPerTensor = 1562 * kBlock;  // whole blocks (the loops have no tail): 19.99M in all
 float* P[kTensors];
 float* G[kTensors];
 int8_t* M[kTensors];
@@ -128,7 +128,8 @@ int main() {
                   {"sqrt+div, no prefetch", step<true, 0>},
                   {"no sqrt/div, prefetch 1024", step<false, 1024>},
                   {"one pass (bound), prefetch 1024", step<true, 1024, false>}};
-  std::printf("%d threads, 20M params in %d tensors, 16 B/param; median of 15\n", omp_get_max_threads(), kTensors);
+  std::printf("%d threads, %.2fM params in %d tensors, 16 B/param; median of 15\n", omp_get_max_threads(),
+              kTensors * kPerTensor / 1e6, kTensors);
   for (int cold = 0; cold < 2; ++cold) {
     for (const Variant& v : variants) {
       std::vector<double> t;
