@@ -2,12 +2,12 @@
 // kernel that moves what ours moves go on this machine? (Issue 15; figures in bench/RESULTS.md.)
 //
 // 19.99M fp32 parameters in 50 tensors of 1562 whole blocks of 256, fp32 gradients, int8 first / uint8
-// second moment codes: read p, g, m, v and write p, m, v (16 B/param), two passes per block through an L1 scratch (the codes
-// need the block's absmax first), OpenMP over chunks of 65536 elements like csrc/cpu. Variants: with or
-// without a square root and a division per element, software prefetch distance, and "cold" (a 1 GiB buffer
-// written between repeats, as the interleaved rounds of bench.run evict the step's tensors) or "hot"; and
-// "one pass", which writes codes without waiting for the block's absmax (not a valid codec: the bound that
-// the absmax's second pass costs against).
+// second moment codes: read p, g, m, v and write p, m, v (16 B/param), two passes per block through an
+// L1 scratch (the codes need the block's absmax first), OpenMP over chunks of 65536 elements like
+// csrc/cpu. Variants: with or without a square root and a division per element; software prefetch or
+// none; "cold" (a 1 GiB buffer written between repeats, as the interleaved rounds of bench.run evict the
+// step's tensors) or "hot"; and "one pass", which writes codes without waiting for the block's absmax
+// (not a valid codec: the bound that the absmax's second pass costs against).
 // It does not compute AdamW: it is a floor, not a kernel.
 //
 //   g++ -O3 -march=native -fopenmp bench/native/int8_pattern.cpp -o /tmp/int8_pattern
@@ -85,10 +85,10 @@ void step() {
       if (!kTwoPass) continue;
       const float qm = 127.0f / _mm512_reduce_max_ps(xm), qv = 255.0f / _mm512_reduce_max_ps(xv);
       for (long j = 0; j < kBlock; j += 16) {
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(m8 + s + j),
-                         _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(mb + j), _mm512_set1_ps(qm)))));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(v8 + s + j),
-                         _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(rb + j), _mm512_set1_ps(qv)))));
+        const __m512 ym = _mm512_mul_ps(_mm512_load_ps(mb + j), _mm512_set1_ps(qm));
+        const __m512 yv = _mm512_mul_ps(_mm512_load_ps(rb + j), _mm512_set1_ps(qv));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(m8 + s + j), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(ym)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(v8 + s + j), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(yv)));
       }
     }
   }
