@@ -177,6 +177,36 @@ def test_quick_times_one_case_without_csv(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.cpu_ext
+@pytest.mark.skipif(not have_backend("cpu"), reason="the C++ extension is not built")
+def test_isa_times_every_instruction_set(tmp_path):
+    from lrsched_fused.backends.cpu import extension
+
+    proc = subprocess.run([sys.executable, "-m", "bench.isa", "--params", "20K", "--tensors", "7", "--threads", "1",
+                           "--rounds", "2", "--warmup", "1"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env=_env_with_repo())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("adamw ", "lamb "))]
+    isas = list(extension.available_isas())
+    # one row per (op, kind, isa), each ISA's ratio to the fastest of its row >= 1 and one of them exactly 1
+    assert {(r[0], r[1], r[2]) for r in rows} == {(op, kind, isa) for op in ("adamw", "lamb")
+                                                  for kind in ("ours", "ours-int8") for isa in isas}
+    for op in ("adamw", "lamb"):
+        for kind in ("ours", "ours-int8"):
+            ratios = [float(r[-1].rstrip("x")) for r in rows if r[0] == op and r[1] == kind]
+            assert min(ratios) == 1.0 and all(x >= 1.0 for x in ratios)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_isa_rejects_bad_arguments(capsys):
+    from bench.isa import parse_args
+
+    assert parse_args([]).kinds == ["ours", "ours-int8"]
+    with pytest.raises(SystemExit):
+        parse_args(["--ops", "sgd"])
+    assert "sgd" in capsys.readouterr().err
+
+
 def test_quick_rejects_bad_arguments(capsys):
     from bench.quick import parse_args
 

@@ -3,8 +3,6 @@
 // (for a skipped step, which updates nothing).
 #pragma once
 
-#include <immintrin.h>
-
 #include <lrsched/adamw.h>
 #include <lrsched/quant.h>
 
@@ -36,69 +34,43 @@ void adamw_range(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, S* LRS_RESTRICT m, 
   }
 }
 
-/// x = sqrt(x) on 16 lanes (IEEE: the same bits on every instruction set). In place, by reference: a
-/// 64-byte vector argument or result would change the ABI between the ISA builds.
-__attribute__((always_inline)) inline void sqrt16(v16f& x) {
-#if defined(__AVX512F__)
-  __m512 t;
-  __builtin_memcpy(&t, &x, sizeof t);
-  t = _mm512_maskz_sqrt_ps(static_cast<__mmask16>(0xFFFF), t);
-  __builtin_memcpy(&x, &t, sizeof t);
-#elif defined(__AVX__)
-  __m256 lo, hi;
-  __builtin_memcpy(&lo, &x, sizeof lo);
-  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi);
-  lo = _mm256_sqrt_ps(lo);
-  hi = _mm256_sqrt_ps(hi);
-  __builtin_memcpy(&x, &lo, sizeof lo);
-  __builtin_memcpy(reinterpret_cast<char*>(&x) + sizeof lo, &hi, sizeof hi);
-#else
-  for (int l = 0; l < kLanes; ++l) x[l] = __builtin_sqrtf(x[l]);
-#endif
-}
-
 /// fp32 params and moments, no amsgrad, with the gradient-norm lanes: adamw_element's operations in the same
-/// order on 16 lanes at a time (so the same bits), the lanes summing g^2 and |g| in registers, where the
-/// divisions and square roots hide them (a pass of their own cost ~5% of the kernel).
+/// order on a native vector at a time (so the same bits), the lanes summing g^2 and |g| in registers, where
+/// the divisions and square roots hide them (a pass of their own cost ~5% of the kernel).
 inline void adamw_f32_gn(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, float* LRS_RESTRICT m,
                          float* LRS_RESTRICT v, int64_t b, int64_t e, const AdamWCoeffs<float> c,
                          double* LRS_RESTRICT acc_sq, double* LRS_RESTRICT acc_abs) {
-  typedef int32_t v16i __attribute__((vector_size(16 * sizeof(int32_t))));
   for (int64_t s = b; s < e; s += kSub) {
     const int64_t end = min64(s + kSub, e);
-    v16f sq = {}, ab = {};
+    Lanes16 sq = {}, ab = {};
     int64_t j = s;
     for (; j + kLanes <= end; j += kLanes) {
-      v16f pj, gj, mj, vj;
-      __builtin_memcpy(&pj, p + j, sizeof pj);
-      __builtin_memcpy(&gj, g + j, sizeof gj);
-      __builtin_memcpy(&mj, m + j, sizeof mj);
-      __builtin_memcpy(&vj, v + j, sizeof vj);
-      sq += gj * gj;
-      ab += reinterpret_cast<v16f>(reinterpret_cast<v16i>(gj) & 0x7FFFFFFF);
-      const v16f gs = gj * c.gmul;
-      pj = pj * c.decay;
-      mj = mj + (gs - mj) * c.omb1;
-      vj = vj * c.beta2 + c.omb2 * gs * gs;
-      v16f root = vj;
-      sqrt16(root);
-      const v16f denom = root / c.bc2_sqrt + c.eps;
-      pj = pj - c.step_size * mj / denom;
-      __builtin_memcpy(m + j, &mj, sizeof mj);
-      __builtin_memcpy(v + j, &vj, sizeof vj);
-      __builtin_memcpy(p + j, &pj, sizeof pj);
+      for (int q = 0; q < kParts; ++q) {
+        const int64_t x = j + q * kVec;
+        vf pj = load_vf(p + x), mj = load_vf(m + x), vj = load_vf(v + x);
+        const vf gj = load_vf(g + x);
+        sq.v[q] += gj * gj;
+        ab.v[q] += abs_vf(gj);
+        const vf gs = gj * c.gmul;
+        pj = pj * c.decay;
+        mj = mj + (gs - mj) * c.omb1;
+        vj = vj * c.beta2 + c.omb2 * gs * gs;
+        const vf denom = sqrt_vf(vj) / c.bc2_sqrt + c.eps;
+        pj = pj - c.step_size * mj / denom;
+        store_vf(m + x, mj);
+        store_vf(v + x, vj);
+        store_vf(p + x, pj);
+      }
     }
     for (int l = 0; j < end; ++j, ++l) {
       const float gj = g[j];
-      sq[l] += gj * gj;
-      ab[l] += gj < 0.0f ? -gj : gj;
+      sq.v[l / kVec][l % kVec] += gj * gj;
+      ab.v[l / kVec][l % kVec] += gj < 0.0f ? -gj : gj;
       float xj = 0.0f;
       adamw_element<false>(p[j], gj, m[j], v[j], xj, c);
     }
-    for (int l = 0; l < kLanes; ++l) {
-      acc_sq[l] += static_cast<double>(sq[l]);
-      acc_abs[l] += static_cast<double>(ab[l]);
-    }
+    fold_lanes(sq, acc_sq);
+    fold_lanes(ab, acc_abs);
   }
 }
 

@@ -13,6 +13,10 @@
 
 #include <omp.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include <cstdint>
 #include <type_traits>
 
@@ -37,8 +41,87 @@ using compute_t = typename std::conditional<std::is_same<P, double>::value, doub
 constexpr int kLanes = 16;
 constexpr int64_t kSub = 512;
 
-typedef float v16f __attribute__((vector_size(16 * sizeof(float))));
 typedef double v16d __attribute__((vector_size(16 * sizeof(double))));
+
+// The 16 float lanes are kParts native vectors of kVec lanes (AVX-512: one zmm; AVX2: two ymm; baseline
+// x86-64: four xmm), lane q * kVec + l of the 16 being lane l of part q: every lane adds the same elements
+// in the same order on every ISA. (A 64-byte vector type on AVX2 is what GCC lowers through the stack,
+// with store-forwarding stalls on every element: the AVX2 build of the fp32 AdamW kernel ran 5x slower
+// than the AVX-512 one, and slower than the SSE2 baseline; measured 2026-12-06 on AMD Zen 4.)
+#if defined(__AVX512F__)
+constexpr int kVec = 16;
+#elif defined(__AVX__)
+constexpr int kVec = 8;
+#else
+constexpr int kVec = 4;
+#endif
+constexpr int kParts = kLanes / kVec;
+static_assert(kParts * kVec == kLanes, "the native vector must divide the 16 lanes");
+
+typedef float vf __attribute__((vector_size(kVec * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(kVec * sizeof(int32_t))));
+
+#define LRS_VINLINE __attribute__((always_inline)) inline
+
+LRS_VINLINE vf load_vf(const float* x) {
+  vf v;
+  __builtin_memcpy(&v, x, sizeof v);
+  return v;
+}
+LRS_VINLINE void store_vf(float* x, vf v) { __builtin_memcpy(x, &v, sizeof v); }
+LRS_VINLINE vf abs_vf(vf v) { return reinterpret_cast<vf>(reinterpret_cast<vi>(v) & 0x7FFFFFFF); }
+LRS_VINLINE vf splat_vf(float x) { return vf{} + x; }
+
+/// sqrt on the lanes of a native vector (IEEE: the same bits on every instruction set).
+LRS_VINLINE vf sqrt_vf(vf x) {
+#if defined(__AVX512F__)  // (the zero-masked form: GCC 12's _mm512_sqrt_ps warns of an uninitialized operand)
+  return reinterpret_cast<vf>(_mm512_maskz_sqrt_ps(static_cast<__mmask16>(0xFFFF), reinterpret_cast<__m512>(x)));
+#elif defined(__AVX__)
+  return reinterpret_cast<vf>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
+#elif defined(__SSE2__)
+  return reinterpret_cast<vf>(_mm_sqrt_ps(reinterpret_cast<__m128>(x)));
+#else
+  for (int l = 0; l < kVec; ++l) x[l] = __builtin_sqrtf(x[l]);
+  return x;
+#endif
+}
+
+/// Stores the kVec codes of ``k`` as bytes: int8 (``k`` in [-127, 127]) or uint8 (``k`` in [0, 255]). AVX2
+/// and SSE2 have no 32-to-8-bit narrowing (GCC lowers the generic conversion to a byte at a time), so they
+/// pack with saturation, which the ranges make exact.
+template <class B>
+LRS_VINLINE void store_codes(B* LRS_RESTRICT dst, vi k) {
+  static_assert(std::is_same<B, int8_t>::value || std::is_same<B, uint8_t>::value, "codes are bytes");
+#if defined(__AVX512F__) || !defined(__SSE2__)
+  typedef B vb __attribute__((vector_size(kVec)));
+  const vb bytes = __builtin_convertvector(k, vb);
+  __builtin_memcpy(dst, &bytes, sizeof bytes);
+#elif defined(__AVX2__)
+  const __m256i w = reinterpret_cast<__m256i>(k);
+  const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+  const __m128i b = std::is_same<B, int8_t>::value ? _mm_packs_epi16(h, h) : _mm_packus_epi16(h, h);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), b);
+#else
+  const __m128i w = reinterpret_cast<__m128i>(k);
+  const __m128i h = _mm_packs_epi32(w, w);
+  const __m128i b = std::is_same<B, int8_t>::value ? _mm_packs_epi16(h, h) : _mm_packus_epi16(h, h);
+  const int32_t four = _mm_cvtsi128_si32(b);
+  __builtin_memcpy(dst, &four, sizeof four);
+#endif
+}
+
+/// 16 float lanes (kParts native vectors).
+struct Lanes16 {
+  vf v[kParts];
+};
+
+/// acc[l] += lanes[l] in double, l = 0..15, and the lanes cleared.
+LRS_VINLINE void fold_lanes(Lanes16& x, double* LRS_RESTRICT acc) {
+  for (int q = 0; q < kParts; ++q) {
+    for (int l = 0; l < kVec; ++l) acc[q * kVec + l] += static_cast<double>(x.v[q][l]);
+    x.v[q] = vf{};
+  }
+}
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -52,13 +135,14 @@ inline double lane_total(const double* lanes) {
 
 /// acc[l] += sum of x[j]^2 over j % 16 == l, j < len16 (len16 a multiple of 16; x 16-float blocks).
 inline void add_squares(const float* x, int64_t len16, double* acc) {
-  v16f s = {};
+  Lanes16 s = {};
   for (int64_t j = 0; j < len16; j += kLanes) {
-    v16f v;
-    __builtin_memcpy(&v, x + j, sizeof v);
-    s += v * v;
+    for (int q = 0; q < kParts; ++q) {
+      const vf v = load_vf(x + j + q * kVec);
+      s.v[q] += v * v;
+    }
   }
-  for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(s[l]);
+  fold_lanes(s, acc);
 }
 
 inline void add_squares(const double* x, int64_t len16, double* acc) {
@@ -74,18 +158,16 @@ inline void add_squares(const double* x, int64_t len16, double* acc) {
 
 /// add_squares of two arrays in one pass (the same lanes, the same bits).
 inline void add_squares2(const float* x, const float* y, int64_t len16, double* acc_x, double* acc_y) {
-  v16f sx = {}, sy = {};
+  Lanes16 sx = {}, sy = {};
   for (int64_t j = 0; j < len16; j += kLanes) {
-    v16f a, b;
-    __builtin_memcpy(&a, x + j, sizeof a);
-    __builtin_memcpy(&b, y + j, sizeof b);
-    sx += a * a;
-    sy += b * b;
+    for (int q = 0; q < kParts; ++q) {
+      const vf a = load_vf(x + j + q * kVec), b = load_vf(y + j + q * kVec);
+      sx.v[q] += a * a;
+      sy.v[q] += b * b;
+    }
   }
-  for (int l = 0; l < kLanes; ++l) {
-    acc_x[l] += static_cast<double>(sx[l]);
-    acc_y[l] += static_cast<double>(sy[l]);
-  }
+  fold_lanes(sx, acc_x);
+  fold_lanes(sy, acc_y);
 }
 
 inline void add_squares2(const double* x, const double* y, int64_t len16, double* acc_x, double* acc_y) {
@@ -95,18 +177,16 @@ inline void add_squares2(const double* x, const double* y, int64_t len16, double
 
 /// The same lanes for the sums of x^2 and |x| in one pass (float lanes folded into double, or double lanes).
 inline void add_sq_abs(const float* x, int64_t len16, double* acc_sq, double* acc_abs) {
-  typedef int32_t v16i __attribute__((vector_size(16 * sizeof(int32_t))));
-  v16f sq = {}, ab = {};
+  Lanes16 sq = {}, ab = {};
   for (int64_t j = 0; j < len16; j += kLanes) {
-    v16f v;
-    __builtin_memcpy(&v, x + j, sizeof v);
-    sq += v * v;
-    ab += reinterpret_cast<v16f>(reinterpret_cast<v16i>(v) & 0x7FFFFFFF);
+    for (int q = 0; q < kParts; ++q) {
+      const vf v = load_vf(x + j + q * kVec);
+      sq.v[q] += v * v;
+      ab.v[q] += abs_vf(v);
+    }
   }
-  for (int l = 0; l < kLanes; ++l) {
-    acc_sq[l] += static_cast<double>(sq[l]);
-    acc_abs[l] += static_cast<double>(ab[l]);
-  }
+  fold_lanes(sq, acc_sq);
+  fold_lanes(ab, acc_abs);
 }
 
 inline void add_sq_abs(const double* x, int64_t len16, double* acc_sq, double* acc_abs) {
@@ -150,58 +230,51 @@ inline void gnorm_range(const P* LRS_RESTRICT g, int64_t b, int64_t e, double* L
 }
 
 /// The codes of one quantization block from its fresh m and sqrt(v) (quant.h q_encode_m / q_encode_v, bit
-/// for bit), 16 at a time with vector extensions (the compiler's own vectorization of the selects and the
-/// narrowing to bytes spent most of its time moving masks). With a finite scale and a finite 127 / s no
-/// product is NaN, so the codes are clamped first and then rounded to nearest even by adding 1.5 * 2**23:
-/// the integer is the difference of the bit patterns (clamping before rounding gives the same codes).
-/// Blocks with a non-finite scale or reciprocal take the scalar path.
+/// for bit), a native vector at a time (the compiler's own vectorization of the selects and the narrowing
+/// to bytes spent most of its time moving masks). With a finite scale and a finite 127 / s no product is
+/// NaN, so the codes are clamped first and then rounded to nearest even by adding 1.5 * 2**23: the integer
+/// is the difference of the bit patterns (clamping before rounding gives the same codes). Blocks with a
+/// non-finite scale or reciprocal take the scalar path.
 template <bool GN = false>
 inline void encode_block(const float* LRS_RESTRICT mb, const float* LRS_RESTRICT rb, int64_t len, float sm, float sv,
                          float qm, float qv, int8_t* LRS_RESTRICT cm, uint8_t* LRS_RESTRICT cv,
                          const float* LRS_RESTRICT gf = nullptr, double* LRS_RESTRICT acc_sq = nullptr,
                          double* LRS_RESTRICT acc_abs = nullptr) {
-  typedef int32_t v16i __attribute__((vector_size(16 * sizeof(int32_t))));
-  typedef int8_t v16c __attribute__((vector_size(16)));
-  typedef uint8_t v16u __attribute__((vector_size(16)));
   const float big = 3.0e38f;  // finite: |x| <= big excludes inf and NaN
   // GN: the gradient-norm lanes of the block's gradient gf (lane l: elements j % 16 == l, folded into the
   // double lanes after every kSub elements and at the end), in this loop rather than a pass of their own
-  v16f sq = {}, ab = {};
+  Lanes16 sq = {}, ab = {};
   auto fold = [&]() {
-    for (int l = 0; l < kLanes; ++l) {
-      acc_sq[l] += static_cast<double>(sq[l]);
-      acc_abs[l] += static_cast<double>(ab[l]);
-    }
-    sq = v16f{};
-    ab = v16f{};
+    fold_lanes(sq, acc_sq);
+    fold_lanes(ab, acc_abs);
   };
   int64_t j = 0;
   if (sm <= big && sv <= big && qm <= big && qv <= big) {
-    const v16f zero = {}, magic = zero + 12582912.0f, one = zero + 1.0f;
-    const v16f hi_m = zero + 127.0f, lo_m = zero - 127.0f, hi_v = zero + 255.0f;
-    const v16i magic_bits = reinterpret_cast<v16i>(magic);
+    const vf magic = splat_vf(12582912.0f), one = splat_vf(1.0f), zero = vf{};
+    const vf hi_m = splat_vf(127.0f), lo_m = splat_vf(-127.0f), hi_v = splat_vf(255.0f);
+    const vi magic_bits = reinterpret_cast<vi>(magic);
     for (; j + kLanes <= len; j += kLanes) {
-      v16f m, r;
-      __builtin_memcpy(&m, mb + j, sizeof m);
-      __builtin_memcpy(&r, rb + j, sizeof r);
-      v16f y = m * qm;
-      y = y < hi_m ? y : hi_m;
-      y = y > lo_m ? y : lo_m;
-      const v16i km = reinterpret_cast<v16i>(y + magic) - magic_bits;
-      v16f z = r * qv;
-      z = z < hi_v ? z : hi_v;
-      z = z > one ? z : one;
-      v16i kv = reinterpret_cast<v16i>(z + magic) - magic_bits;
-      kv = r != zero ? kv : v16i{};
-      const v16c codes_m = __builtin_convertvector(km, v16c);
-      const v16u codes_v = __builtin_convertvector(kv, v16u);
-      __builtin_memcpy(cm + j, &codes_m, sizeof codes_m);
-      __builtin_memcpy(cv + j, &codes_v, sizeof codes_v);
+      for (int q = 0; q < kParts; ++q) {
+        const int64_t x = j + q * kVec;
+        vf y = load_vf(mb + x) * qm;
+        y = y < hi_m ? y : hi_m;
+        y = y > lo_m ? y : lo_m;
+        const vi km = reinterpret_cast<vi>(y + magic) - magic_bits;
+        const vf r = load_vf(rb + x);
+        vf z = r * qv;
+        z = z < hi_v ? z : hi_v;
+        z = z > one ? z : one;
+        vi kv = reinterpret_cast<vi>(z + magic) - magic_bits;
+        kv = r != zero ? kv : vi{};
+        store_codes(cm + x, km);
+        store_codes(cv + x, kv);
+        if constexpr (GN) {
+          const vf gv = load_vf(gf + x);
+          sq.v[q] += gv * gv;
+          ab.v[q] += abs_vf(gv);
+        }
+      }
       if constexpr (GN) {
-        v16f gv;
-        __builtin_memcpy(&gv, gf + j, sizeof gv);
-        sq += gv * gv;
-        ab += reinterpret_cast<v16f>(reinterpret_cast<v16i>(gv) & 0x7FFFFFFF);
         if ((j + kLanes) % kSub == 0) fold();
       }
     }
@@ -211,8 +284,9 @@ inline void encode_block(const float* LRS_RESTRICT mb, const float* LRS_RESTRICT
     cv[j] = static_cast<uint8_t>(q_encode_v(rb[j], qv));
     if constexpr (GN) {
       const float gj = gf[j];
-      sq[j % kLanes] += gj * gj;
-      ab[j % kLanes] += gj < 0.0f ? -gj : gj;
+      const int l = static_cast<int>(j % kLanes);
+      sq.v[l / kVec][l % kVec] += gj * gj;
+      ab.v[l / kVec][l % kVec] += gj < 0.0f ? -gj : gj;
       if ((j + 1) % kSub == 0) fold();
     }
   }
