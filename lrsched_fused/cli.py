@@ -137,7 +137,8 @@ def _cpu_isa_note() -> str:
     try:
         from lrsched_fused import _cpu  # type: ignore[attr-defined]
 
-        return f" (instruction set in use: {_cpu.isa()})"
+        return (f" (instruction set in use: {_cpu.isa()}; "
+                f"int8 software prefetch {'on' if _cpu.prefetch() else 'off'})")
     except Exception:  # the note is optional; the backend's availability is reported either way
         return ""
 

@@ -749,6 +749,23 @@ def test_instruction_sets_give_the_same_bits(combo, kind):
         bits_equal(results[isas[0]], results[isa], f"{kind}: {isas[0]} vs {isa}")
 
 
+@pytest.mark.parametrize("kind", ["adamw", "lamb"])
+@pytest.mark.parametrize("combo", [PATH_COMBOS[0], PATH_COMBOS[1]], ids=path_id)
+def test_software_prefetch_changes_no_bit(combo, kind):
+    """The int8 kernels' software prefetch (on by default except on AMD; ``_cpu.set_prefetch``) only
+    touches cache lines ahead, clamped to each tensor: both settings give the same bits."""
+    before = extension.prefetch()
+    results = {}
+    try:
+        for on in (False, True):
+            extension.set_prefetch(on)
+            assert extension.prefetch() is on
+            results[on] = _trajectory(combo, kind, steps=2, threads=2)
+    finally:
+        extension.set_prefetch(before)
+    bits_equal(results[False], results[True], f"{kind}: prefetch off vs on")
+
+
 @pytest.mark.parametrize("block", [32, 4096])
 def test_other_block_sizes(block):
     for kind in ("adamw", "lamb"):

@@ -93,6 +93,10 @@ int available_isas(const char** names, int capacity);
 const char* current_isa();
 /// Selects a kernel build by name; returns false (and changes nothing) if unavailable.
 bool set_isa(const char* name);
+/// Whether the int8 kernels prefetch ahead in software (default: not on AMD; LRSCHED_CPU_PREFETCH=0|1
+/// overrides). It changes no result bit.
+bool software_prefetch();
+void set_software_prefetch(bool on);
 
 /// Elements per work chunk (the unit of the deterministic reductions).
 constexpr int64_t kChunkElems = 65536;

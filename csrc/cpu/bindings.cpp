@@ -205,6 +205,10 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("isa", []() { return std::string(current_isa()); }, "The kernel build in use");
   m.def("set_isa", [](const std::string& name) { return set_isa(name.c_str()); }, py::arg("name"),
         "Select a kernel build by name (returns False if unavailable here)");
+  m.def("prefetch", &software_prefetch, "Whether the int8 kernels prefetch ahead in software");
+  m.def("set_prefetch", &set_software_prefetch, py::arg("on"),
+        "Turn the int8 kernels' software prefetch on or off (no result changes; LRSCHED_CPU_PREFETCH=0|1 sets it "
+        "at import)");
   m.attr("CHUNK_ELEMS") = kChunkElems;
   m.attr("LAMB_HOT_ELEMS") = kLambHotElems;
   m.attr("MAX_QUANT_BLOCK") = kMaxQuantBlock;

@@ -150,7 +150,7 @@ void adamw_q_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const Ad
   for_chunks(w, i, kb, kend, [&](int64_t k, int64_t, int64_t) {
     GnormAcc acc;
     for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
-      prefetch_ahead(t, s, len, w.tt->numel[i]);
+      prefetch_ahead(t, s, len, w.tt->numel[i], w.prefetch);
       if (w.gnorm)
         adamw_q_block<P, MODE, SR, true>(t.p, t.g, t.m, t.v, t.mst, mb, rb, gb, s, len, t.sm + j, t.sv + j, c, sd,
                                          acc.sq, acc.ab);

@@ -392,8 +392,11 @@ struct TensorPtrs {
 };
 
 /// Elements ahead of the current quantization block whose cache lines the int8 kernels prefetch: their loops
-/// alternate between streaming a block and encoding it from L1, and the hardware prefetchers alone leave
-/// ~8% of the time (measured at 20M and 60M params, 2 threads) waiting.
+/// alternate between streaming a block and encoding it from L1, and on Intel the hardware prefetchers alone
+/// left ~8% of the time waiting (Xeon, 20M and 60M params, 2 threads). On AMD Zen 4 the same prefetches made
+/// the int8 AdamW step 11-13% and the int8 LAMB step 15% slower, as did every subset of the streams tried
+/// (read hints only, the fp32 streams only, the code streams only, twice the distance), so the driver turns
+/// them off there (Work::prefetch; bench/RESULTS.md).
 constexpr int64_t kPrefetchElems = 1024;
 
 template <class T>
@@ -405,9 +408,11 @@ inline void prefetch_lines(const T* base, int64_t b, int64_t e, bool write) {
   }
 }
 
-/// Prefetches tensor t's elements [s + kPrefetchElems, s + kPrefetchElems + len) (clamped to its numel).
+/// Prefetches tensor t's elements [s + kPrefetchElems, s + kPrefetchElems + len) (clamped to its numel)
+/// when ``on``.
 template <class P, class S, int64_t MODE>
-inline void prefetch_ahead(const TensorPtrs<P, S, MODE>& t, int64_t s, int64_t len, int64_t numel) {
+inline void prefetch_ahead(const TensorPtrs<P, S, MODE>& t, int64_t s, int64_t len, int64_t numel, bool on) {
+  if (!on) return;
   const int64_t b = s + kPrefetchElems, e = min64(b + len, numel);
   prefetch_lines(t.p, b, e, true);
   prefetch_lines(t.g, b, e, false);

@@ -36,7 +36,7 @@ struct Lamb {
         if constexpr (Q) {
           QBlockBuf buf;
           for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
-            prefetch_ahead(t, s, len, tt.numel[i]);
+            prefetch_ahead(t, s, len, tt.numel[i], w.prefetch);
             float* sm = t.sm + j;
             float* sv = t.sv + j;
             if (a.skip)

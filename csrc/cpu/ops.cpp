@@ -73,6 +73,23 @@ const IsaKernels* best_isa() {
 
 const IsaKernels* g_kernels = best_isa();
 
+// Software prefetch in the int8 kernels (kernel_common.h prefetch_ahead): on for Intel, off for AMD, where
+// it slowed the int8 steps by 11-15% (Zen 4; bench/RESULTS.md). LRSCHED_CPU_PREFETCH=0|1 overrides.
+bool default_prefetch() {
+  if (const char* want = std::getenv("LRSCHED_CPU_PREFETCH")) {
+    if (std::strcmp(want, "0") == 0) return false;
+    if (std::strcmp(want, "1") == 0) return true;
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return !__builtin_cpu_is("amd");
+#else
+  return true;
+#endif
+}
+
+bool g_prefetch = default_prefetch();
+
 // --- work layout -----------------------------------------------------------------------------------------
 struct Offsets {
   std::vector<int64_t> elem, chunk;
@@ -90,7 +107,7 @@ struct Offsets {
     int64_t t = threads < 1 ? 1 : threads;
     if (t > chunks) t = chunks < 1 ? 1 : chunks;
     const uint32_t clock32 = st && st->clock ? static_cast<uint32_t>(st->clock[layout::CLOCK_STEPS]) : 0u;
-    return Work{&tt, elem.data(), chunk.data(), static_cast<int>(t), clock32, gnorm};
+    return Work{&tt, elem.data(), chunk.data(), static_cast<int>(t), clock32, gnorm, g_prefetch};
   }
 };
 
@@ -291,6 +308,9 @@ int available_isas(const char** names, int capacity) {
 }
 
 const char* current_isa() { return g_kernels->name; }
+
+bool software_prefetch() { return g_prefetch; }
+void set_software_prefetch(bool on) { g_prefetch = on; }
 
 bool set_isa(const char* name) {
   for (const IsaEntry& e : kIsas) {

@@ -23,6 +23,7 @@ struct Work {
   int threads;
   uint32_t clock32;          // clock[STEPS] (low 32 bits): the stochastic-rounding seeds' clock
   double* gnorm;             // [chunks, GN_COLS] per-chunk sums of g^2 and |g| of the raw gradients, or null
+  bool prefetch;             // the int8 kernels prefetch the next blocks (kernel_common.h prefetch_ahead)
 };
 
 /// Chunks of tensor i.
