@@ -41,7 +41,6 @@ using compute_t = typename std::conditional<std::is_same<P, double>::value, doub
 constexpr int kLanes = 16;
 constexpr int64_t kSub = 512;
 
-typedef double v16d __attribute__((vector_size(16 * sizeof(double))));
 
 // The 16 float lanes are kParts native vectors of kVec lanes (AVX-512: one zmm; AVX2: two ymm; baseline
 // x86-64: four xmm), lane q * kVec + l of the 16 being lane l of part q: every lane adds the same elements
@@ -60,6 +59,11 @@ static_assert(kParts * kVec == kLanes, "the native vector must divide the 16 lan
 
 typedef float vf __attribute__((vector_size(kVec * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(kVec * sizeof(int32_t))));
+/// Double lanes: the same register width, half the lanes (kVecD), twice the parts.
+constexpr int kVecD = kVec / 2;
+constexpr int kPartsD = kLanes / kVecD;
+typedef double vd __attribute__((vector_size(kVecD * sizeof(double))));
+typedef int64_t vl __attribute__((vector_size(kVecD * sizeof(int64_t))));
 
 #define LRS_VINLINE __attribute__((always_inline)) inline
 
@@ -146,14 +150,16 @@ inline void add_squares(const float* x, int64_t len16, double* acc) {
 }
 
 inline void add_squares(const double* x, int64_t len16, double* acc) {
-  v16d s;
-  __builtin_memcpy(&s, acc, sizeof s);
+  vd sq[kPartsD];
+  __builtin_memcpy(sq, acc, sizeof sq);
   for (int64_t j = 0; j < len16; j += kLanes) {
-    v16d v;
-    __builtin_memcpy(&v, x + j, sizeof v);
-    s += v * v;
+    for (int q = 0; q < kPartsD; ++q) {
+      vd v;
+      __builtin_memcpy(&v, x + j + q * kVecD, sizeof v);
+      sq[q] += v * v;
+    }
   }
-  __builtin_memcpy(acc, &s, sizeof s);
+  __builtin_memcpy(acc, sq, sizeof sq);
 }
 
 /// add_squares of two arrays in one pass (the same lanes, the same bits).
@@ -190,18 +196,19 @@ inline void add_sq_abs(const float* x, int64_t len16, double* acc_sq, double* ac
 }
 
 inline void add_sq_abs(const double* x, int64_t len16, double* acc_sq, double* acc_abs) {
-  typedef int64_t v16l __attribute__((vector_size(16 * sizeof(int64_t))));
-  v16d sq, ab;
-  __builtin_memcpy(&sq, acc_sq, sizeof sq);
-  __builtin_memcpy(&ab, acc_abs, sizeof ab);
+  vd sq[kPartsD], ab[kPartsD];
+  __builtin_memcpy(sq, acc_sq, sizeof sq);
+  __builtin_memcpy(ab, acc_abs, sizeof ab);
   for (int64_t j = 0; j < len16; j += kLanes) {
-    v16d v;
-    __builtin_memcpy(&v, x + j, sizeof v);
-    sq += v * v;
-    ab += reinterpret_cast<v16d>(reinterpret_cast<v16l>(v) & 0x7FFFFFFFFFFFFFFFll);
+    for (int q = 0; q < kPartsD; ++q) {
+      vd v;
+      __builtin_memcpy(&v, x + j + q * kVecD, sizeof v);
+      sq[q] += v * v;
+      ab[q] += reinterpret_cast<vd>(reinterpret_cast<vl>(v) & 0x7FFFFFFFFFFFFFFFll);
+    }
   }
-  __builtin_memcpy(acc_sq, &sq, sizeof sq);
-  __builtin_memcpy(acc_abs, &ab, sizeof ab);
+  __builtin_memcpy(acc_sq, sq, sizeof sq);
+  __builtin_memcpy(acc_abs, ab, sizeof ab);
 }
 
 /// Elements an update kernel processes before it adds their gradient-norm lanes (then g is read again from
