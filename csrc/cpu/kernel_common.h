@@ -41,7 +41,6 @@ using compute_t = typename std::conditional<std::is_same<P, double>::value, doub
 constexpr int kLanes = 16;
 constexpr int64_t kSub = 512;
 
-
 // The 16 float lanes are kParts native vectors of kVec lanes (AVX-512: one zmm; AVX2: two ymm; baseline
 // x86-64: four xmm), lane q * kVec + l of the 16 being lane l of part q: every lane adds the same elements
 // in the same order on every ISA. (A 64-byte vector type on AVX2 is what GCC lowers through the stack,
@@ -49,7 +48,7 @@ constexpr int64_t kSub = 512;
 // than the AVX-512 one, and slower than the SSE2 baseline; measured 2026-12-06 on AMD Zen 4.)
 #if defined(__AVX512F__)
 constexpr int kVec = 16;
-#elif defined(__AVX__)
+#elif defined(__AVX2__)
 constexpr int kVec = 8;
 #else
 constexpr int kVec = 4;
@@ -80,7 +79,7 @@ LRS_VINLINE vf splat_vf(float x) { return vf{} + x; }
 LRS_VINLINE vf sqrt_vf(vf x) {
 #if defined(__AVX512F__)  // (the zero-masked form: GCC 12's _mm512_sqrt_ps warns of an uninitialized operand)
   return reinterpret_cast<vf>(_mm512_maskz_sqrt_ps(static_cast<__mmask16>(0xFFFF), reinterpret_cast<__m512>(x)));
-#elif defined(__AVX__)
+#elif defined(__AVX2__)
   return reinterpret_cast<vf>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
 #elif defined(__SSE2__)
   return reinterpret_cast<vf>(_mm_sqrt_ps(reinterpret_cast<__m128>(x)));
