@@ -139,6 +139,16 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _prefetch_note() -> str:
+    """``, int8 prefetch on|off`` (the C++ int8 kernels' software prefetch), or nothing without the extension."""
+    try:
+        from lrsched_fused.backends.cpu import extension
+
+        return f", int8 software prefetch {'on' if extension.prefetch() else 'off'}"
+    except Exception:  # noqa: BLE001 - as _isa
+        return ""
+
+
 def _isa() -> str:
     try:
         from lrsched_fused.backends.cpu import extension
@@ -236,7 +246,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, started: float, meta:
         command = shlex.join(["python", "-m", "bench.run", *(sys.argv[1:] if argv is None else argv)])
         progress.print(f"bench.run {meta['timestamp']}  {command}")
         progress.print(f"machine: {machine['summary']}; load average {machine['load']}")
-        progress.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; ours ISA {meta['isa']}")
+        progress.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; ours ISA {meta['isa']}"
+                       + _prefetch_note())
         progress.print(f"CSV: {args.csv}")
         progress.print(legend(impls_for(args.ops, args.impls)))
         for params, tensors, dtype in groups:
