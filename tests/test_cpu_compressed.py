@@ -766,6 +766,46 @@ def test_software_prefetch_changes_no_bit(combo, kind):
     bits_equal(results[False], results[True], f"{kind}: prefetch off vs on")
 
 
+def _lane_sum_of_squares(x: torch.Tensor, block: int) -> float:
+    """The kernels' sum of squares of a tensor with int8 moments, emulated operation for operation
+    (kernel_common.h): quantization blocks along the last dimension, chunks of CHUNK_ELEMS / block whole
+    blocks, and in each block sub-blocks of 512 from its start whose 16 float32 lanes (lane j % 16) are
+    folded into 16 double lanes at the sub-block's end; a chunk's partial is the pairwise lane total, and
+    the tensor's sum adds its chunks' partials in order."""
+    rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
+    blocks = [row[c:c + block] for row in rows for c in range(0, rows.shape[1], block)]
+    per_chunk = extension.CHUNK_ELEMS // block
+    total = 0.0
+    for k in range(0, len(blocks), per_chunk):
+        acc = [0.0] * 16
+        for blk in blocks[k:k + per_chunk]:
+            for o in range(0, blk.numel(), 512):
+                lanes = torch.zeros(16, dtype=torch.float32)
+                sub = blk[o:o + 512]
+                for j in range(0, sub.numel(), 16):
+                    part = sub[j:j + 16]
+                    lanes[:part.numel()] = lanes[:part.numel()] + part * part
+                acc = [a + float(v) for a, v in zip(acc, lanes.tolist())]
+        l8 = [acc[i] + acc[i + 8] for i in range(8)]
+        l4 = [l8[i] + l8[i + 4] for i in range(4)]
+        total += (l4[0] + l4[2]) + (l4[1] + l4[3])
+    return total
+
+
+@pytest.mark.parametrize("pdtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("block", [256, 4096])
+def test_lamb_int8_parameter_norm_is_the_kernels_lane_sum(block, pdtype):
+    """With coupled weight decay w = p, so LAMB's parameter norm is the lane sum of p^2, emulated exactly:
+    this pins the lane and fold layout of the int8 stage 1 (fp32 parameters fuse it into the encoder, others
+    do not), including blocks longer than a 512-element sub-block and rows ending in a partial group of 16."""
+    b = Bucket([(3, 4096), (2, 1060), (5, 300)], pdtype, "none", block=block, seed=12)
+    before = [p.detach().clone() for p in b.params]
+    norms = run_lamb(b, b.new_grads(), hp_row("lamb", wd=0.1, decoupled=False))
+    for i, p in enumerate(before):
+        want = torch.tensor(math.sqrt(_lane_sum_of_squares(p.float(), block)), dtype=torch.float64).float()
+        assert torch.equal(norms[i, L.NORM_PARAM], want), (i, float(norms[i, L.NORM_PARAM]), float(want))
+
+
 @pytest.mark.parametrize("block", [32, 4096])
 def test_other_block_sizes(block):
     for kind in ("adamw", "lamb"):

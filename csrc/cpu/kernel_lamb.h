@@ -112,6 +112,89 @@ inline void lamb_q_wu(const P* LRS_RESTRICT p, const master_t<MODE>* LRS_RESTRIC
   lamb_base_update(param_load<P, MODE, float>(p, mst, x), lamb_direction_root(md, rd, c), c, w, u);
 }
 
+/// fp32 parameters, no master: encode_block and the w / u loop of lamb_q_pass1 in one pass over the block,
+/// w and u from the fresh integer codes instead of the stored bytes (the same values: a code converts to
+/// float exactly). Every operation, lane and fold is the one the two passes do, so the bits are the same:
+/// the codes as encode_block's, the gradient-norm lanes folded at the same points, and the w^2 / u^2 lanes
+/// (lane j % 16 of each kSub sub-block from the block's start, folded into acc_w / acc_u at its end) as
+/// add_wu's, whose zero padding adds nothing. Returns false, doing nothing, for a block with a non-finite
+/// scale or reciprocal (the caller's two passes then take their scalar paths). On a CPU where the step is
+/// bound by arithmetic (AMD Zen 4) the second pass's decode and the reload of w / u cost ~15% of the int8
+/// LAMB step.
+template <bool STORE_U, bool GN>
+inline bool lamb_q_encode_wu_f32(const float* LRS_RESTRICT p, const float* LRS_RESTRICT mb,
+                                 const float* LRS_RESTRICT rb, int64_t len, float sm, float sv, float qm, float qv,
+                                 int8_t* LRS_RESTRICT bm, uint8_t* LRS_RESTRICT bv, float* LRS_RESTRICT u_out,
+                                 const LambCoeffs<float>& c, const float* LRS_RESTRICT gf, GnormAcc* gn,
+                                 double* LRS_RESTRICT acc_w, double* LRS_RESTRICT acc_u) {
+  const float big = 3.0e38f;
+  if (!(sm <= big && sv <= big && qm <= big && qv <= big)) return false;
+  const float dm = q_step_m(sm), dv = q_step_v(sv);
+  Lanes16 sq = {}, ab = {}, lw = {}, lu = {};
+  auto fold = [&]() {
+    if constexpr (GN) {
+      fold_lanes(sq, gn->sq);
+      fold_lanes(ab, gn->ab);
+    }
+    fold_lanes(lw, acc_w);
+    fold_lanes(lu, acc_u);
+  };
+  const vf magic = splat_vf(12582912.0f), one = splat_vf(1.0f), zero = vf{};
+  const vf hi_m = splat_vf(127.0f), lo_m = splat_vf(-127.0f), hi_v = splat_vf(255.0f);
+  const vi magic_bits = reinterpret_cast<vi>(magic);
+  int64_t j = 0;
+  for (; j + kLanes <= len; j += kLanes) {
+    for (int q = 0; q < kParts; ++q) {
+      const int64_t x = j + q * kVec;
+      vf y = load_vf(mb + x) * qm;
+      y = y < hi_m ? y : hi_m;
+      y = y > lo_m ? y : lo_m;
+      const vi km = reinterpret_cast<vi>(y + magic) - magic_bits;
+      const vf r = load_vf(rb + x);
+      vf z = r * qv;
+      z = z < hi_v ? z : hi_v;
+      z = z > one ? z : one;
+      vi kv = reinterpret_cast<vi>(z + magic) - magic_bits;
+      kv = r != zero ? kv : vi{};
+      store_codes(bm + x, km);
+      store_codes(bv + x, kv);
+      if constexpr (GN) {
+        const vf gv = load_vf(gf + x);
+        sq.v[q] += gv * gv;
+        ab.v[q] += abs_vf(gv);
+      }
+      // lamb_q_wu: decode, lamb_direction_root, lamb_base_update
+      const vf md = __builtin_convertvector(km, vf) * dm, rd = __builtin_convertvector(kv, vf) * dv;
+      const vf dir = (md * c.inv_bc1) / (rd * c.inv_bc2_sqrt + c.eps);
+      const vf pj = load_vf(p + x);
+      const vf w = pj * c.w_scale, u = dir + c.u_decay * pj;
+      if constexpr (STORE_U) store_vf(u_out + x, u);
+      lw.v[q] += w * w;
+      lu.v[q] += u * u;
+    }
+    if ((j + kLanes) % kSub == 0) fold();
+  }
+  for (; j < len; ++j) {
+    const int8_t cmj = static_cast<int8_t>(q_encode_m(mb[j], qm));
+    const uint8_t cvj = static_cast<uint8_t>(q_encode_v(rb[j], qv));
+    bm[j] = cmj;
+    bv[j] = cvj;
+    const int l = static_cast<int>(j % kLanes);
+    if constexpr (GN) {
+      const float g = gf[j];
+      sq.v[l / kVec][l % kVec] += g * g;
+      ab.v[l / kVec][l % kVec] += g < 0.0f ? -g : g;
+    }
+    float w, u;
+    lamb_base_update(p[j], lamb_direction_root(q_decode_m(cmj, dm), q_decode_r(cvj, dv), c), c, w, u);
+    if constexpr (STORE_U) u_out[j] = u;
+    lw.v[l / kVec][l % kVec] += w * w;
+    lu.v[l / kVec][l % kVec] += u * u;
+  }
+  if (len % kSub != 0) fold();
+  return true;
+}
+
 /// Stage 1 over one quantization block [s, s + len): update, encode (and, STORE, write codes and scales),
 /// then w and u from the decoded codes (and, STORE_U, u into u_out) and their squares into the lanes; with
 /// gn, the gradient-norm lanes while encoding (as AdamW's).
@@ -143,6 +226,22 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
   }
   const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
   const float qm = q_recip_m(sm), qv = q_recip_v(sv);
+  if constexpr (float_grads && MODE == layout::MASTER_NONE) {
+    const float* pf = reinterpret_cast<const float*>(p) + s;
+    const float* gf = reinterpret_cast<const float*>(g) + s;
+    float* uo = STORE_U ? u_out + s : nullptr;
+    const bool done = gn ? lamb_q_encode_wu_f32<STORE_U, true>(pf, mb, rb, len, sm, sv, qm, qv, bm, bv, uo, c, gf, gn,
+                                                                acc_w, acc_u)
+                         : lamb_q_encode_wu_f32<STORE_U, false>(pf, mb, rb, len, sm, sv, qm, qv, bm, bv, uo, c, gf,
+                                                                 nullptr, acc_w, acc_u);
+    if (done) {
+      if constexpr (STORE) {
+        *scale_m = sm;
+        *scale_v = sv;
+      }
+      return;
+    }
+  }
   if (gn) {
     const float* gf;
     if constexpr (float_grads) gf = reinterpret_cast<const float*>(g) + s;
