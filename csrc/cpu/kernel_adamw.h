@@ -64,8 +64,8 @@ inline void adamw_f32_gn(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, flo
     }
     for (int l = 0; j < end; ++j, ++l) {
       const float gj = g[j];
-      sq.v[l / kVec][l % kVec] += gj * gj;
-      ab.v[l / kVec][l % kVec] += gj < 0.0f ? -gj : gj;
+      add_to_lane(sq, l, gj * gj);
+      add_to_lane(ab, l, gj < 0.0f ? -gj : gj);
       float xj = 0.0f;
       adamw_element<false>(p[j], gj, m[j], v[j], xj, c);
     }

@@ -118,6 +118,9 @@ struct Lanes16 {
   vf v[kParts];
 };
 
+/// lanes[l] += x for the lane l of an element outside the vector loops (l = its index % 16).
+LRS_VINLINE void add_to_lane(Lanes16& lanes, int l, float x) { lanes.v[l / kVec][l % kVec] += x; }
+
 /// acc[l] += lanes[l] in double, l = 0..15, and the lanes cleared.
 LRS_VINLINE void fold_lanes(Lanes16& x, double* LRS_RESTRICT acc) {
   for (int q = 0; q < kParts; ++q) {
@@ -235,6 +238,30 @@ inline void gnorm_range(const P* LRS_RESTRICT g, int64_t b, int64_t e, double* L
   }
 }
 
+/// The int32 codes of a native vector of fresh m and r = sqrt(v) of a block with finite scales and finite
+/// reciprocals qm = 127 / s_m, qv = 255 / s_v (quant.h q_encode_m / q_encode_v, bit for bit; see
+/// encode_block).
+LRS_VINLINE void encode_vf(vf m, vf r, float qm, float qv, vi& km, vi& kv) {
+  const vf magic = splat_vf(12582912.0f);
+  const vi magic_bits = reinterpret_cast<vi>(magic);
+  vf y = m * qm;
+  y = y < splat_vf(127.0f) ? y : splat_vf(127.0f);
+  y = y > splat_vf(-127.0f) ? y : splat_vf(-127.0f);
+  km = reinterpret_cast<vi>(y + magic) - magic_bits;
+  vf z = r * qv;
+  z = z < splat_vf(255.0f) ? z : splat_vf(255.0f);
+  z = z > splat_vf(1.0f) ? z : splat_vf(1.0f);
+  kv = reinterpret_cast<vi>(z + magic) - magic_bits;
+  kv = r != vf{} ? kv : vi{};
+}
+
+/// Whether a block's scales and reciprocals are finite (the vector encoder's condition; else the scalar
+/// q_encode_m / q_encode_v).
+inline bool encodable(float sm, float sv, float qm, float qv) {
+  const float big = 3.0e38f;  // finite: |x| <= big excludes inf and NaN
+  return sm <= big && sv <= big && qm <= big && qv <= big;
+}
+
 /// The codes of one quantization block from its fresh m and sqrt(v) (quant.h q_encode_m / q_encode_v, bit
 /// for bit), a native vector at a time (the compiler's own vectorization of the selects and the narrowing
 /// to bytes spent most of its time moving masks). With a finite scale and a finite 127 / s no product is
@@ -246,7 +273,6 @@ inline void encode_block(const float* LRS_RESTRICT mb, const float* LRS_RESTRICT
                          float qm, float qv, int8_t* LRS_RESTRICT cm, uint8_t* LRS_RESTRICT cv,
                          const float* LRS_RESTRICT gf = nullptr, double* LRS_RESTRICT acc_sq = nullptr,
                          double* LRS_RESTRICT acc_abs = nullptr) {
-  const float big = 3.0e38f;  // finite: |x| <= big excludes inf and NaN
   // GN: the gradient-norm lanes of the block's gradient gf (lane l: elements j % 16 == l, folded into the
   // double lanes after every kSub elements and at the end), in this loop rather than a pass of their own
   Lanes16 sq = {}, ab = {};
@@ -255,23 +281,12 @@ inline void encode_block(const float* LRS_RESTRICT mb, const float* LRS_RESTRICT
     fold_lanes(ab, acc_abs);
   };
   int64_t j = 0;
-  if (sm <= big && sv <= big && qm <= big && qv <= big) {
-    const vf magic = splat_vf(12582912.0f), one = splat_vf(1.0f), zero = vf{};
-    const vf hi_m = splat_vf(127.0f), lo_m = splat_vf(-127.0f), hi_v = splat_vf(255.0f);
-    const vi magic_bits = reinterpret_cast<vi>(magic);
+  if (encodable(sm, sv, qm, qv)) {
     for (; j + kLanes <= len; j += kLanes) {
       for (int q = 0; q < kParts; ++q) {
         const int64_t x = j + q * kVec;
-        vf y = load_vf(mb + x) * qm;
-        y = y < hi_m ? y : hi_m;
-        y = y > lo_m ? y : lo_m;
-        const vi km = reinterpret_cast<vi>(y + magic) - magic_bits;
-        const vf r = load_vf(rb + x);
-        vf z = r * qv;
-        z = z < hi_v ? z : hi_v;
-        z = z > one ? z : one;
-        vi kv = reinterpret_cast<vi>(z + magic) - magic_bits;
-        kv = r != zero ? kv : vi{};
+        vi km, kv;
+        encode_vf(load_vf(mb + x), load_vf(rb + x), qm, qv, km, kv);
         store_codes(cm + x, km);
         store_codes(cv + x, kv);
         if constexpr (GN) {
@@ -291,8 +306,8 @@ inline void encode_block(const float* LRS_RESTRICT mb, const float* LRS_RESTRICT
     if constexpr (GN) {
       const float gj = gf[j];
       const int l = static_cast<int>(j % kLanes);
-      sq.v[l / kVec][l % kVec] += gj * gj;
-      ab.v[l / kVec][l % kVec] += gj < 0.0f ? -gj : gj;
+      add_to_lane(sq, l, gj * gj);
+      add_to_lane(ab, l, gj < 0.0f ? -gj : gj);
       if ((j + 1) % kSub == 0) fold();
     }
   }

@@ -127,8 +127,7 @@ inline bool lamb_q_encode_wu_f32(const float* LRS_RESTRICT p, const float* LRS_R
                                  int8_t* LRS_RESTRICT bm, uint8_t* LRS_RESTRICT bv, float* LRS_RESTRICT u_out,
                                  const LambCoeffs<float>& c, const float* LRS_RESTRICT gf, GnormAcc* gn,
                                  double* LRS_RESTRICT acc_w, double* LRS_RESTRICT acc_u) {
-  const float big = 3.0e38f;
-  if (!(sm <= big && sv <= big && qm <= big && qv <= big)) return false;
+  if (!encodable(sm, sv, qm, qv)) return false;
   const float dm = q_step_m(sm), dv = q_step_v(sv);
   Lanes16 sq = {}, ab = {}, lw = {}, lu = {};
   auto fold = [&]() {
@@ -139,23 +138,12 @@ inline bool lamb_q_encode_wu_f32(const float* LRS_RESTRICT p, const float* LRS_R
     fold_lanes(lw, acc_w);
     fold_lanes(lu, acc_u);
   };
-  const vf magic = splat_vf(12582912.0f), one = splat_vf(1.0f), zero = vf{};
-  const vf hi_m = splat_vf(127.0f), lo_m = splat_vf(-127.0f), hi_v = splat_vf(255.0f);
-  const vi magic_bits = reinterpret_cast<vi>(magic);
   int64_t j = 0;
   for (; j + kLanes <= len; j += kLanes) {
     for (int q = 0; q < kParts; ++q) {
       const int64_t x = j + q * kVec;
-      vf y = load_vf(mb + x) * qm;
-      y = y < hi_m ? y : hi_m;
-      y = y > lo_m ? y : lo_m;
-      const vi km = reinterpret_cast<vi>(y + magic) - magic_bits;
-      const vf r = load_vf(rb + x);
-      vf z = r * qv;
-      z = z < hi_v ? z : hi_v;
-      z = z > one ? z : one;
-      vi kv = reinterpret_cast<vi>(z + magic) - magic_bits;
-      kv = r != zero ? kv : vi{};
+      vi km, kv;
+      encode_vf(load_vf(mb + x), load_vf(rb + x), qm, qv, km, kv);
       store_codes(bm + x, km);
       store_codes(bv + x, kv);
       if constexpr (GN) {
@@ -182,14 +170,14 @@ inline bool lamb_q_encode_wu_f32(const float* LRS_RESTRICT p, const float* LRS_R
     const int l = static_cast<int>(j % kLanes);
     if constexpr (GN) {
       const float g = gf[j];
-      sq.v[l / kVec][l % kVec] += g * g;
-      ab.v[l / kVec][l % kVec] += g < 0.0f ? -g : g;
+      add_to_lane(sq, l, g * g);
+      add_to_lane(ab, l, g < 0.0f ? -g : g);
     }
     float w, u;
     lamb_base_update(p[j], lamb_direction_root(q_decode_m(cmj, dm), q_decode_r(cvj, dv), c), c, w, u);
     if constexpr (STORE_U) u_out[j] = u;
-    lw.v[l / kVec][l % kVec] += w * w;
-    lu.v[l / kVec][l % kVec] += u * u;
+    add_to_lane(lw, l, w * w);
+    add_to_lane(lu, l, u * u);
   }
   if (len % kSub != 0) fold();
   return true;
