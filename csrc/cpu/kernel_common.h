@@ -255,6 +255,22 @@ LRS_VINLINE void encode_vf(vf m, vf r, float qm, float qv, vi& km, vi& kv) {
   kv = r != vf{} ? kv : vi{};
 }
 
+/// Part q (elements [x, x + kVec) of a block) of the vector encoder: the codes into cm / cv and, as int32, into
+/// km / kv; with GN the gradient gf's squares and magnitudes into the gradient-norm lanes q of sq / ab.
+template <bool GN>
+LRS_VINLINE void encode_part(const float* LRS_RESTRICT mb, const float* LRS_RESTRICT rb, int64_t x, float qm,
+                             float qv, int8_t* LRS_RESTRICT cm, uint8_t* LRS_RESTRICT cv,
+                             const float* LRS_RESTRICT gf, Lanes16& sq, Lanes16& ab, int q, vi& km, vi& kv) {
+  encode_vf(load_vf(mb + x), load_vf(rb + x), qm, qv, km, kv);
+  store_codes(cm + x, km);
+  store_codes(cv + x, kv);
+  if constexpr (GN) {
+    const vf gv = load_vf(gf + x);
+    sq.v[q] += gv * gv;
+    ab.v[q] += abs_vf(gv);
+  }
+}
+
 /// Whether a block's scales and reciprocals are finite (the vector encoder's condition; else the scalar
 /// q_encode_m / q_encode_v).
 inline bool encodable(float sm, float sv, float qm, float qv) {
@@ -284,16 +300,8 @@ inline void encode_block(const float* LRS_RESTRICT mb, const float* LRS_RESTRICT
   if (encodable(sm, sv, qm, qv)) {
     for (; j + kLanes <= len; j += kLanes) {
       for (int q = 0; q < kParts; ++q) {
-        const int64_t x = j + q * kVec;
         vi km, kv;
-        encode_vf(load_vf(mb + x), load_vf(rb + x), qm, qv, km, kv);
-        store_codes(cm + x, km);
-        store_codes(cv + x, kv);
-        if constexpr (GN) {
-          const vf gv = load_vf(gf + x);
-          sq.v[q] += gv * gv;
-          ab.v[q] += abs_vf(gv);
-        }
+        encode_part<GN>(mb, rb, j + q * kVec, qm, qv, cm, cv, gf, sq, ab, q, km, kv);
       }
       if constexpr (GN) {
         if ((j + kLanes) % kSub == 0) fold();

@@ -143,14 +143,7 @@ inline bool lamb_q_encode_wu_f32(const float* LRS_RESTRICT p, const float* LRS_R
     for (int q = 0; q < kParts; ++q) {
       const int64_t x = j + q * kVec;
       vi km, kv;
-      encode_vf(load_vf(mb + x), load_vf(rb + x), qm, qv, km, kv);
-      store_codes(bm + x, km);
-      store_codes(bv + x, kv);
-      if constexpr (GN) {
-        const vf gv = load_vf(gf + x);
-        sq.v[q] += gv * gv;
-        ab.v[q] += abs_vf(gv);
-      }
+      encode_part<GN>(mb, rb, x, qm, qv, bm, bv, gf, sq, ab, q, km, kv);
       // lamb_q_wu: decode, lamb_direction_root, lamb_base_update
       const vf md = __builtin_convertvector(km, vf) * dm, rd = __builtin_convertvector(kv, vf) * dv;
       const vf dir = (md * c.inv_bc1) / (rd * c.inv_bc2_sqrt + c.eps);
