@@ -165,15 +165,22 @@ def test_hparams_row_sets_each_column():
     assert adamw[0, L.HP_WEIGHT_DECAY] == I.WEIGHT_DECAY and tuple(adamw[0, [L.HP_BETA1, L.HP_BETA2]]) == I.BETAS
 
 
+def _run_small_case(module: str, cwd) -> str:
+    """``python -m <module>`` on a 20K-parameter, 7-tensor, 1-thread case with 2 rounds, in ``cwd``; its stdout
+    (the run must succeed)."""
+    proc = subprocess.run([sys.executable, "-m", module, "--params", "20K", "--tensors", "7", "--threads", "1",
+                           "--rounds", "2", "--warmup", "1"], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env=_env_with_repo())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.mark.cpu_ext
 @pytest.mark.skipif(not have_backend("cpu"), reason="the C++ extension is not built")
 def test_quick_times_one_case_without_csv(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench.quick", "--params", "20K", "--tensors", "7", "--threads", "1",
-                           "--rounds", "2", "--warmup", "1"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, env=_env_with_repo())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stdout = _run_small_case("bench.quick", tmp_path)
     for text in ("ours-kernel", "torch-fused", "floor", "C++ call LAMB / AdamW", "of the in-place-add floor"):
-        assert text in proc.stdout
+        assert text in stdout
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
@@ -182,11 +189,8 @@ def test_quick_times_one_case_without_csv(tmp_path):
 def test_isa_times_every_instruction_set(tmp_path):
     from lrsched_fused.backends.cpu import extension
 
-    proc = subprocess.run([sys.executable, "-m", "bench.isa", "--params", "20K", "--tensors", "7", "--threads", "1",
-                           "--rounds", "2", "--warmup", "1"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, env=_env_with_repo())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("adamw ", "lamb "))]
+    stdout = _run_small_case("bench.isa", tmp_path)
+    rows = [line.split() for line in stdout.splitlines() if line.startswith(("adamw ", "lamb "))]
     isas = list(extension.available_isas())
     # one row per (op, kind, isa), each ISA's ratio to the fastest of its row >= 1 and one of them exactly 1
     assert {(r[0], r[1], r[2]) for r in rows} == {(op, kind, isa) for op in ("adamw", "lamb")
