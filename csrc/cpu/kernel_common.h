@@ -271,6 +271,22 @@ LRS_VINLINE void encode_part(const float* LRS_RESTRICT mb, const float* LRS_REST
   }
 }
 
+/// The scalar encoder's element j (outside the vector loop, or of a block whose scale is not finite): its
+/// codes into cm / cv and, with GN, the gradient gf's square and magnitude into lane j % 16 of sq / ab.
+template <bool GN>
+LRS_VINLINE void encode_one(const float* LRS_RESTRICT mb, const float* LRS_RESTRICT rb, int64_t j, float qm, float qv,
+                            int8_t* LRS_RESTRICT cm, uint8_t* LRS_RESTRICT cv, const float* LRS_RESTRICT gf,
+                            Lanes16& sq, Lanes16& ab) {
+  cm[j] = static_cast<int8_t>(q_encode_m(mb[j], qm));
+  cv[j] = static_cast<uint8_t>(q_encode_v(rb[j], qv));
+  if constexpr (GN) {
+    const float g = gf[j];
+    const int l = static_cast<int>(j % kLanes);
+    add_to_lane(sq, l, g * g);
+    add_to_lane(ab, l, g < 0.0f ? -g : g);
+  }
+}
+
 /// Whether a block's scales and reciprocals are finite (the vector encoder's condition; else the scalar
 /// q_encode_m / q_encode_v).
 inline bool encodable(float sm, float sv, float qm, float qv) {
@@ -309,13 +325,8 @@ inline void encode_block(const float* LRS_RESTRICT mb, const float* LRS_RESTRICT
     }
   }
   for (; j < len; ++j) {
-    cm[j] = static_cast<int8_t>(q_encode_m(mb[j], qm));
-    cv[j] = static_cast<uint8_t>(q_encode_v(rb[j], qv));
+    encode_one<GN>(mb, rb, j, qm, qv, cm, cv, gf, sq, ab);
     if constexpr (GN) {
-      const float gj = gf[j];
-      const int l = static_cast<int>(j % kLanes);
-      add_to_lane(sq, l, gj * gj);
-      add_to_lane(ab, l, gj < 0.0f ? -gj : gj);
       if ((j + 1) % kSub == 0) fold();
     }
   }

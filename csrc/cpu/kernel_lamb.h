@@ -155,19 +155,11 @@ inline bool lamb_q_encode_wu_f32(const float* LRS_RESTRICT p, const float* LRS_R
     }
     if ((j + kLanes) % kSub == 0) fold();
   }
-  for (; j < len; ++j) {
-    const int8_t cmj = static_cast<int8_t>(q_encode_m(mb[j], qm));
-    const uint8_t cvj = static_cast<uint8_t>(q_encode_v(rb[j], qv));
-    bm[j] = cmj;
-    bv[j] = cvj;
+  for (; j < len; ++j) {  // the rest of the last 16 (inside the last kSub sub-block: folded below)
+    encode_one<GN>(mb, rb, j, qm, qv, bm, bv, gf, sq, ab);
     const int l = static_cast<int>(j % kLanes);
-    if constexpr (GN) {
-      const float g = gf[j];
-      add_to_lane(sq, l, g * g);
-      add_to_lane(ab, l, g < 0.0f ? -g : g);
-    }
     float w, u;
-    lamb_base_update(p[j], lamb_direction_root(q_decode_m(cmj, dm), q_decode_r(cvj, dv), c), c, w, u);
+    lamb_base_update(p[j], lamb_direction_root(q_decode_m(bm[j], dm), q_decode_r(bv[j], dv), c), c, w, u);
     if constexpr (STORE_U) u_out[j] = u;
     add_to_lane(lw, l, w * w);
     add_to_lane(lu, l, u * u);
