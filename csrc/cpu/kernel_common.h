@@ -361,6 +361,20 @@ inline void for_tensor_ranges(const Work& w, int64_t k0, int64_t k1, Fn&& fn) {
   }
 }
 
+/// for_tensor_ranges in reverse: the tensors of chunks [k0, k1) last first, each with the same arguments.
+template <class Fn>
+inline void for_tensor_ranges_last_first(const Work& w, int64_t k0, int64_t k1, Fn&& fn) {
+  if (k0 >= k1) return;
+  int64_t i = tensor_of_chunk(w, k1 - 1);
+  int64_t k = k1;
+  while (k > k0) {
+    while (w.chunk_off[i] >= k) --i;  // the tensor of chunk k - 1 (empty tensors own no chunk)
+    const int64_t kb = w.chunk_off[i] > k0 ? w.chunk_off[i] : k0;
+    fn(i, chunk_begin(*w.tt, i, kb - w.chunk_off[i]), chunk_begin(*w.tt, i, k - w.chunk_off[i]), kb, k);
+    k = kb;
+  }
+}
+
 /// Calls fn(k, cb, ce) for the global chunks k in [kb, kend) of tensor i, [cb, ce) the chunk's elements.
 template <class Fn>
 inline void for_chunks(const Work& w, int64_t i, int64_t kb, int64_t kend, Fn&& fn) {
