@@ -139,21 +139,32 @@ inline bool lamb_q_encode_wu_f32(const float* LRS_RESTRICT p, const float* LRS_R
     fold_lanes(lu, acc_u);
   };
   int64_t j = 0;
-  for (; j + kLanes <= len; j += kLanes) {
-    for (int q = 0; q < kParts; ++q) {
-      const int64_t x = j + q * kVec;
-      vi km, kv;
-      encode_part<GN>(mb, rb, x, qm, qv, bm, bv, gf, sq, ab, q, km, kv);
-      // lamb_q_wu: decode, lamb_direction_root, lamb_base_update
-      const vf md = __builtin_convertvector(km, vf) * dm, rd = __builtin_convertvector(kv, vf) * dv;
-      const vf dir = (md * c.inv_bc1) / (rd * c.inv_bc2_sqrt + c.eps);
-      const vf pj = load_vf(p + x);
-      const vf w = pj * c.w_scale, u = dir + c.u_decay * pj;
-      if constexpr (STORE_U) store_vf(u_out + x, u);
-      lw.v[q] += w * w;
-      lu.v[q] += u * u;
+  const int64_t whole = len / kLanes * kLanes;
+  while (j < whole) {
+    // up to the next fold point, on copies of the lanes: the scalar tail below indexes the lanes at run
+    // time, which kept them in memory, and their adds then waited on a store and a reload every iteration
+    const int64_t stop = min64(whole, (j / kSub + 1) * kSub);
+    Lanes16 rsq = sq, rab = ab, rlw = lw, rlu = lu;
+    for (; j < stop; j += kLanes) {
+      for (int q = 0; q < kParts; ++q) {
+        const int64_t x = j + q * kVec;
+        vi km, kv;
+        encode_part<GN>(mb, rb, x, qm, qv, bm, bv, gf, rsq, rab, q, km, kv);
+        // lamb_q_wu: decode, lamb_direction_root, lamb_base_update
+        const vf md = __builtin_convertvector(km, vf) * dm, rd = __builtin_convertvector(kv, vf) * dv;
+        const vf dir = (md * c.inv_bc1) / (rd * c.inv_bc2_sqrt + c.eps);
+        const vf pj = load_vf(p + x);
+        const vf w = pj * c.w_scale, u = dir + c.u_decay * pj;
+        if constexpr (STORE_U) store_vf(u_out + x, u);
+        rlw.v[q] += w * w;
+        rlu.v[q] += u * u;
+      }
     }
-    if ((j + kLanes) % kSub == 0) fold();
+    sq = rsq;
+    ab = rab;
+    lw = rlw;
+    lu = rlu;
+    if (j % kSub == 0) fold();
   }
   for (; j < len; ++j) {  // the rest of the last 16 (inside the last kSub sub-block: folded below)
     encode_one<GN>(mb, rb, j, qm, qv, bm, bv, gf, sq, ab);
