@@ -7,7 +7,8 @@ compute (the annealing law of Tissue et al., arXiv 2408.11029), from a few runs'
 >>> float(law.predict(S.constant(1e-3), [1000])[0])  # S1 = 1.0, S2 = 0
 2.5
 
-``AnnealingLaw.fit(runs)`` fits it to ``(schedule, steps, losses)`` triples; curves are CSV files
+``AnnealingLaw.fit(runs)`` fits it to ``(schedule, steps, losses)`` triples; :class:`MultiPowerLaw` (Luo et
+al., arXiv 2503.12811) is the alternative law, with the same ``fit``/``predict``; curves are CSV files
 (:mod:`._curves`). The schedule refinement of Defazio et al. lives in :func:`lrsched_fused.schedules.refine`,
 decay branches in :meth:`lrsched_fused.schedules.Schedule.branch`. Layer: above ``schedules`` (it uses them
 and numpy), below the optimizers (it never imports them).
@@ -16,7 +17,8 @@ and numpy), below the optimizers (it never imports them).
 from ._areas import areas, cumulative_areas, lr_drops, lr_sequence
 from ._curves import COLUMNS, Curve, read_curve, write_curve
 from ._law import AnnealingLaw, Run
+from ._multipower import MultiPowerLaw, decay_benefit
 from ._report import CurveFit, fit_curves
 
-__all__ = ["AnnealingLaw", "Run", "areas", "cumulative_areas", "lr_sequence", "lr_drops", "Curve",
-           "read_curve", "write_curve", "COLUMNS", "fit_curves", "CurveFit"]
+__all__ = ["AnnealingLaw", "MultiPowerLaw", "decay_benefit", "Run", "areas", "cumulative_areas", "lr_sequence",
+           "lr_drops", "Curve", "read_curve", "write_curve", "COLUMNS", "fit_curves", "CurveFit"]
