@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--from-step", type=int, default=None,
                       help="fit only losses at steps >= this (default: 20%% of each curve's steps)")
     pred.add_argument("--decay", default="0.999",
-                      help="the annealing momentum lambda, or 'fit' to fit it too (default 0.999)")
+                      help="the annealing momentum lambda, or 'fit' to fit it too (default 0.999; --law annealing)")
+    pred.add_argument("--law", choices=("annealing", "multi-power"), default="annealing",
+                      help="the annealing law (Tissue et al.; default) or the multi-power law (Luo et al., arXiv "
+                           "2503.12811; slower to fit, see docs/schedule_science.md)")
     pred.add_argument("--plot", metavar="PNG", default=None, help="draw the fitted and predicted curves here")
 
     plot = sub.add_parser("plot", help="plot schedules and print their values at the phase edges",
@@ -191,7 +194,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--decay must be a number in [0, 1) or 'fit'; got {args.decay!r}") from None
     scheds = [_parse(text) for text in args.schedule]
-    fit = R.fit_curves(args.fit, which=args.loss, from_step=args.from_step, decay=decay)
+    fit = R.fit_curves(args.fit, which=args.loss, from_step=args.from_step, decay=decay, law=args.law)
     rows = R.prediction_rows(fit, scheds, args.steps)
     print(R.format_predictions(fit, rows))
     if args.plot:

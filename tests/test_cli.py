@@ -201,6 +201,31 @@ def test_predict_a_decay_branch_of_the_stable_run(tmp_path, capsys):
     assert "| predicted | 250 |" in row and f"{want:.4f}" in row
 
 
+def test_predict_with_the_multi_power_law(tmp_path, capsys):
+    """``--law multi-power`` fits MultiPowerLaw: curves made by one are predicted from it."""
+    import numpy as np
+
+    from lrsched_fused.predict import MultiPowerLaw, write_curve
+
+    law = MultiPowerLaw(L0=2.0, A=0.5, alpha=0.6, B=300.0, C=2.0, beta=0.6, gamma=0.5)
+    paths = []
+    for name, sched in (("const", S.wsd(peak_lr=2e-3, total_steps=400, warmup_steps=20, decay_steps=0)),
+                        ("wsd", S.wsd(peak_lr=2e-3, total_steps=400, warmup_steps=20, decay_fraction=0.25))):
+        val_steps = np.arange(10, 401, 10)
+        val = dict(zip(val_steps.tolist(), law.predict(sched, val_steps).tolist()))
+        paths.append(write_curve(tmp_path / f"{name}.csv", [3.0] * 400, [sched(t) for t in range(400)], val))
+    cos = "cosine(peak_lr=2e-3, total_steps=400, warmup_steps=20)"
+    assert main(["predict", "--fit", *map(str, paths), "--law", "multi-power", "--schedule", cos]) == 0
+    printed = capsys.readouterr().out
+    assert "sum_k d_k" in printed.splitlines()[0]
+    row = next(line for line in printed.splitlines() if line.startswith("| cosine("))
+    predicted = float(row.split("|")[4])
+    assert predicted == pytest.approx(law.predict(S.parse(cos), [400])[0], rel=2e-3)
+    with pytest.raises(SystemExit) as exc:  # an unknown law is argparse's usage error
+        main(["predict", "--fit", *map(str, paths), "--law", "power"])
+    assert exc.value.code == 2 and "--law" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--decay", "slow"], "--decay"),
     (["--decay", "1.5"], "decay"),

@@ -11,33 +11,40 @@ import numpy as np
 
 from ._curves import Curve, read_curve
 from ._law import AnnealingLaw
+from ._multipower import MultiPowerLaw
 
 __all__ = ["CurveFit", "fit_curves", "default_steps", "prediction_rows", "format_predictions", "plot_predictions"]
 
 #: default first fitted step, as a fraction of a curve's steps
 FIT_START = 0.2
+#: the laws ``fit_curves`` knows, by their command-line names
+LAWS = ("annealing", "multi-power")
 
 
 @dataclass(frozen=True)
 class CurveFit:
     """The law fitted to curve files, with what went into the fit."""
 
-    law: AnnealingLaw
+    law: AnnealingLaw | MultiPowerLaw
     curves: list[Curve]
     points: list[tuple[np.ndarray, np.ndarray, str]]  # (steps, losses, kind) per curve
 
 
 def fit_curves(paths: Sequence[str | Path], *, which: str = "auto", from_step: int | None = None,
-               decay: float | str = 0.999) -> CurveFit:
+               decay: float | str = 0.999, law: str = "annealing") -> CurveFit:
     """Read the curve files and fit the law to their losses at steps ``>= from_step`` (default 20% of each
-    curve's steps); each run's schedule is its lr column, used as it is."""
+    curve's steps); each run's schedule is its lr column, used as it is. ``law``: ``"annealing"``
+    (:class:`AnnealingLaw`, with ``decay``) or ``"multi-power"`` (:class:`MultiPowerLaw`; ``decay`` unused)."""
+    if law not in LAWS:
+        raise ValueError(f"law must be one of {', '.join(LAWS)}; got {law!r}")
     if not paths:
         raise ValueError("give at least one curve file to fit")
     curves = [read_curve(p) for p in paths]
     points = [c.points(which, from_step if from_step is not None else max(1, int(FIT_START * c.steps)))
               for c in curves]
-    law = AnnealingLaw.fit([(c.lrs, s, v) for c, (s, v, _) in zip(curves, points)], decay=decay)
-    return CurveFit(law=law, curves=curves, points=points)
+    runs = [(c.lrs, s, v) for c, (s, v, _) in zip(curves, points)]
+    fitted = AnnealingLaw.fit(runs, decay=decay) if law == "annealing" else MultiPowerLaw.fit(runs)
+    return CurveFit(law=fitted, curves=curves, points=points)
 
 
 def default_steps(schedule: Any, curves: Sequence[Curve]) -> int:
