@@ -17,7 +17,7 @@ from lrsched_fused.demo.model import ModelConfig
 from lrsched_fused.demo.recipes import Hyper
 from lrsched_fused.demo.run import DemoConfig
 from lrsched_fused.demo.study import StudyConfig, run_study, study_schedules
-from lrsched_fused.predict import AnnealingLaw, fit_curves, read_curve
+from lrsched_fused.predict import AnnealingLaw, MultiPowerLaw, fit_curves, read_curve
 
 pytest.importorskip("matplotlib")
 
@@ -64,6 +64,21 @@ def test_the_law_is_fitted_to_the_fit_runs_and_predicts_the_others(study):
         assert p["fixed_error"] == pytest.approx(p["fixed"] / p["actual"] - 1)
     assert result.law.decay == 0.999 and 0.9 <= result.law_fitted_decay.decay <= 0.9999
     assert result.law.points == 2 * len(range(4, STEPS + 1, 2))  # validation every 2 steps from 20% of 20
+
+
+def test_the_multi_power_law_is_fitted_to_the_same_points_and_reported_beside(study):
+    out, result, printed = study
+    mpl = result.law_multipower
+    assert isinstance(mpl, MultiPowerLaw) and mpl.points == result.law.points
+    for p in result.predictions:
+        sched = next(r.schedule for r in result.runs if r.label == p["schedule"])
+        assert p["multipower"] == pytest.approx(float(mpl.predict(sched, [STEPS])[0]))
+        assert p["multipower_error"] == pytest.approx(p["multipower"] / p["actual"] - 1)
+        row = next(line for line in printed.splitlines() if line.startswith(f"| {p['schedule']} |"))
+        assert row.endswith(f" {p['multipower']:.4f} | {100 * p['multipower_error']:+.2f}% |")
+    assert "multi-power (Luo et al." in printed and "The multi-power law:" in printed
+    saved = json.loads((out / "study.json").read_text())["law_multipower"]
+    assert MultiPowerLaw(**saved) == mpl
 
 
 def test_the_law_is_fitted_to_the_seed_mean_curves(study):

@@ -9,7 +9,8 @@ unchanged):
    REX), train them at every seed, and report the relative errors against the seed mean and the fit residual,
    with the decay ``lambda`` fixed (0.999) and fitted. The law describes the expected loss: at the demo's scale
    two seeds' final losses differ by ~1.3%, most of a 2% error budget, so one seed would measure its noise. The
-   first seed's fit and errors alone are reported too.
+   first seed's fit and errors alone are reported too. The multi-power law (Luo et al., arXiv 2503.12811;
+   :class:`~lrsched_fused.predict.MultiPowerLaw`) is fitted to the same points and reported beside it.
 2. **Refinement.** Refine a schedule from the first fit run's per-step gradient norms (Defazio et al., arXiv
    2310.07831; :func:`lrsched_fused.schedules.refine`, Adam variant: l1 norms), train it and compare it with
    WSD and cosine over ``seeds`` seeds (mean and spread). The law's prediction for it is reported too.
@@ -36,7 +37,7 @@ import torch
 
 from lrsched_fused import FusedLAMB, __version__, param_groups
 from lrsched_fused import schedules as S
-from lrsched_fused.predict import AnnealingLaw, write_curve
+from lrsched_fused.predict import AnnealingLaw, MultiPowerLaw, write_curve
 from lrsched_fused.schedules import Schedule
 
 from .data import BatchStream, load_corpus
@@ -128,6 +129,7 @@ class StudyResult:
     runs: list[StudyRun]
     law: AnnealingLaw
     law_fitted_decay: AnnealingLaw
+    law_multipower: MultiPowerLaw
     predictions: list[dict]
     refined: Schedule
     comparison: list[dict]
@@ -186,12 +188,16 @@ def _mean_points(runs: list[StudyRun], start: int) -> tuple[Schedule, np.ndarray
     return runs[0].schedule, np.array([ks[i] for i in keep]), np.array([vs[i] for i in keep])
 
 
-def _prediction(runs: list[StudyRun], law: AnnealingLaw, law_fit: AnnealingLaw, steps: int) -> dict:
-    """Predicted (lambda fixed and fitted) against the seed-mean final validation loss of one schedule's runs."""
+def _prediction(runs: list[StudyRun], law: AnnealingLaw, law_fit: AnnealingLaw, steps: int,
+                mpl: MultiPowerLaw | None = None) -> dict:
+    """Predicted (lambda fixed and fitted; the multi-power law where given) against the seed-mean final validation
+    loss of one schedule's runs."""
     finals = [r.final for r in runs]
     actual, half = _spread(finals)
     row = {"schedule": runs[0].label, "actual": actual, "finals": finals, "half_range": half}
-    for key, lw in (("fixed", law), ("fitted", law_fit)):
+    for key, lw in (("fixed", law), ("fitted", law_fit), ("multipower", mpl)):
+        if lw is None:
+            continue
         pred = float(lw.predict(runs[0].schedule, [steps])[0])
         row[key] = pred
         row[f"{key}_error"] = pred / actual - 1.0
@@ -241,6 +247,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
     points = [_mean_points(runs, start) for runs in fit_runs.values()]
     law = AnnealingLaw.fit(points, decay=cfg.decay)
     law_fit = AnnealingLaw.fit(points, decay="fit")
+    mpl = MultiPowerLaw.fit(points)
     held_runs = {label: [trainer.run(label, sched, s) for s in seeds] for label, sched in held_scheds}
 
     # 2. refine from the first fit run's l1 gradient norms (first seed); compare with WSD and cosine over the seeds
@@ -249,7 +256,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
     refined_runs = [trainer.run("refined", refined, s) for s in seeds]
     by = {(r.label, r.seed): r for r in trainer.runs}
 
-    predictions = [_prediction(runs, law, law_fit, h.steps) for runs in [*held_runs.values(), refined_runs]]
+    predictions = [_prediction(runs, law, law_fit, h.steps, mpl) for runs in [*held_runs.values(), refined_runs]]
     single = _first_seed_alone(fit_runs, held_runs, start, cfg.decay, h.steps) if len(seeds) > 1 else None
     comparison = []
     for label in ("refined", fit_scheds[1][0], held_scheds[0][0]):
@@ -264,7 +271,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
         branches.append({"budget": budget, "at_step": budget - decay, "decay_steps": decay,
                          "predicted": float(law_fit.predict(sched, [budget])[0])})
 
-    text = "\n\n".join([prediction_table(predictions, law, law_fit, start, len(seeds), single),
+    text = "\n\n".join([prediction_table(predictions, law, law_fit, start, len(seeds), single, mpl),
                         refinement_table(comparison, seeds, refined, cfg.smoothing), _branch_table(branches)])
     echo("")
     echo(text)
@@ -273,7 +280,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
               "demo": {k: v for k, v in asdict(demo).items() if k not in ("model", "hyper")},
               "model": asdict(demo.model), "hyper": asdict(h)}
     paths = [save_study(trainer.out / "study.json", config, trainer.runs, law, law_fit, predictions, comparison,
-                        branches, refined, single)]
+                        branches, refined, single, mpl)]
     (trainer.out / "study.md").write_text(text + "\n")
     paths.insert(0, trainer.out / "study.md")
     try:
@@ -284,7 +291,8 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
     echo("")
     echo(f"wrote {', '.join(str(p) for p in paths)} and {len(trainer.runs)} curves in {trainer.out / 'curves'}  "
          f"({time.perf_counter() - t_start:.0f} s in all)")
-    return StudyResult(runs=trainer.runs, law=law, law_fitted_decay=law_fit, predictions=predictions, refined=refined,
+    return StudyResult(runs=trainer.runs, law=law, law_fitted_decay=law_fit, law_multipower=mpl,
+                       predictions=predictions, refined=refined,
                        comparison=comparison, branches=branches, text=text, paths=paths)
 
 
