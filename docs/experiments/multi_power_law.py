@@ -24,6 +24,12 @@ Fixed before the run:
 
     lrsched-fused demo --study --out study250
     python docs/experiments/multi_power_law.py study250
+
+Outcome (added after the runs, 2026-12-06; the text above is unchanged): at 250 steps the hypothesis holds
+(cosine -0.64%, WSD 1-sqrt -0.44%, REX +0.80%; residual 1.06%); at 500 steps it fails (cosine +2.88%, WSD
+1-sqrt -0.05%, REX +5.35%; residual 0.61%). Both fits leave beta on a bound of its box; widened after the
+fact, the 250-step fit finds an equally good law (same residual) that misses REX by 3.82%.
+docs/schedule_science.md has the tables.
 """
 import json
 import sys
