@@ -99,6 +99,15 @@ def test_held_out_final_losses_are_predicted_from_noisy_curves():
     assert law.L0 == pytest.approx(TRUE.L0, rel=0.05) and law.alpha == pytest.approx(TRUE.alpha, rel=0.2)
 
 
+def test_parameters_left_on_a_bound_are_named():
+    # a law with beta far beyond its box: the fit must end on beta's upper bound, and say so
+    law = MultiPowerLaw(**{**TRUE.__dict__, "beta": 40.0, "C": 0.02})
+    runs = [(s, POINTS, law.predict(s, POINTS)) for s in (S.constant(PEAK), S.wsd(PEAK, STEPS, decay_steps=120))]
+    fit = MultiPowerLaw.fit(runs, starts=2)
+    assert "beta" in fit.on_bounds.split(",") and fit.beta == pytest.approx(5.0, rel=1e-6)
+    assert "on a bound of the search" in fit.describe() and "on a bound" not in TRUE.describe()
+
+
 def test_noise_free_curves_are_fitted_to_the_noise_floor():
     runs = [(s, POINTS, TRUE.predict(s, POINTS)) for s in (S.constant(PEAK), S.cosine(PEAK, STEPS))]
     assert MultiPowerLaw.fit(runs, starts=2).residual < 1e-4
@@ -134,7 +143,7 @@ def test_invalid_fits_raise_value_error(runs, kwargs, name):
 
 
 @pytest.mark.parametrize("field, value", [("C", 0.0), ("beta", -1.0), ("gamma", -0.1), ("A", math.nan),
-                                          ("L0", "2")])
+                                          ("L0", "2"), ("on_bounds", ("beta",))])
 def test_a_law_is_validated(field, value):
     with pytest.raises(ValueError, match=field):
         MultiPowerLaw(**{**TRUE.__dict__, field: value})

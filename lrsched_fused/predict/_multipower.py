@@ -118,7 +118,10 @@ def _check_finite(name: str, value: Any) -> float:
 class MultiPowerLaw:
     """``L(t) = L0 + A * S1^-alpha - B * sum_k d_k * (1 - (C * eta_k^-gamma * S_k(t) + 1)^-beta)``.
 
-    ``residual``, ``max_residual`` and ``points`` describe the fit as in :class:`AnnealingLaw`.
+    ``residual``, ``max_residual`` and ``points`` describe the fit as in :class:`AnnealingLaw`. ``on_bounds``
+    names the nonlinear parameters the fit left on a bound of :data:`BOUNDS` (comma-separated; ``""``: none):
+    the data did not pin them, and an equally good fit may predict held-out schedules differently
+    (docs/schedule_science.md, "The multi-power law").
     """
 
     L0: float
@@ -131,8 +134,11 @@ class MultiPowerLaw:
     residual: float = math.nan
     max_residual: float = math.nan
     points: int = 0
+    on_bounds: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.on_bounds, str):
+            raise ValueError(f"on_bounds must be a string of parameter names; got {self.on_bounds!r}")
         for name in ("L0", "A", "alpha", "B", "C", "beta", "gamma"):
             object.__setattr__(self, name, _check_finite(name, getattr(self, name)))
         for name in ("C", "beta"):
@@ -185,8 +191,11 @@ class MultiPowerLaw:
                   gamma=gamma)
         pred = np.concatenate([law.predict(lrs, s) for lrs, s, _ in data])
         r = np.log(pred) - logl
+        edge = np.isclose(best_u, lo, rtol=0, atol=1e-6 * (hi - lo)) | np.isclose(best_u, hi, rtol=0,
+                                                                                  atol=1e-6 * (hi - lo))
+        on_bounds = ",".join(name.replace("log10_", "") for name, e in zip(BOUNDS, edge) if e)
         return cls(**{**law.__dict__, "residual": float(np.sqrt(np.mean(r * r))),
-                      "max_residual": float(np.abs(r).max()), "points": int(obs.size)})
+                      "max_residual": float(np.abs(r).max()), "points": int(obs.size), "on_bounds": on_bounds})
 
     def predict(self, schedule: Any, steps: Any) -> np.ndarray:
         """Predicted losses at ``steps`` (updates applied) for ``schedule`` (a Schedule or per-update lrs);
@@ -201,5 +210,7 @@ class MultiPowerLaw:
     def describe(self) -> str:
         fit = "" if not self.points else (f"; fit: {self.points} points, rms log residual {self.residual:.2e}, "
                                           f"max {self.max_residual:.2e}")
+        if self.on_bounds:
+            fit += f"; on a bound of the search (not pinned by the data): {self.on_bounds}"
         return (f"L(t) = {self.L0:.4g} + {self.A:.4g} * S1^-{self.alpha:.4g} - {self.B:.4g} * sum_k d_k * "
                 f"(1 - ({self.C:.4g} * eta_k^-{self.gamma:.4g} * S_k(t) + 1)^-{self.beta:.4g}){fit}")
