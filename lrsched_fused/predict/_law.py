@@ -48,6 +48,21 @@ def _run_data(i: int, run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.asarray(lrs), s, obs
 
 
+def _fit_data(runs: Sequence[Run], delta: Any, min_points: int, params: str) -> list:
+    """The checked ``(lrs, steps, losses)`` of every run in a canonical order (so a fit cannot depend on the
+    order of the runs), after checking ``runs``, the Huber ``delta`` and that there are ``min_points`` points
+    (``params``: the law's parameter count, for the message)."""
+    if isinstance(runs, (str, bytes)) or not isinstance(runs, Sequence) or not runs:
+        raise ValueError("runs must be a non-empty list of (schedule, steps, losses) triples")
+    if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be a finite number > 0; got {delta!r}")
+    data = sorted((_run_data(i, r) for i, r in enumerate(runs)),
+                  key=lambda d: (d[1].size, d[1].tobytes(), d[2].tobytes(), d[0].tobytes()))
+    if sum(d[1].size for d in data) < min_points:
+        raise ValueError(f"runs must hold at least {min_points} points in all (the law has {params} parameters)")
+    return data
+
+
 @dataclass(frozen=True)
 class AnnealingLaw:
     """``L(s) = L0 + A * S1(s)^-alpha - C * S2(s)`` with the annealing area's ``decay`` (lambda).
@@ -80,14 +95,7 @@ class AnnealingLaw:
         losses)`` triples (validation losses where the runs have them). Robust: Huber loss (``delta``) on
         ``log L``, bounds, several starts (:mod:`._fit`). The result does not depend on the order of the runs
         (they are put in a canonical order first)."""
-        if isinstance(runs, (str, bytes)) or not isinstance(runs, Sequence) or not runs:
-            raise ValueError("runs must be a non-empty list of (schedule, steps, losses) triples")
-        if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
-            raise ValueError(f"delta must be a finite number > 0; got {delta!r}")
-        data = sorted((_run_data(i, r) for i, r in enumerate(runs)),
-                      key=lambda d: (d[1].size, d[1].tobytes(), d[2].tobytes(), d[0].tobytes()))
-        if sum(d[1].size for d in data) < 5:
-            raise ValueError("runs must hold at least 5 points in all (the law has 4 or 5 parameters)")
+        data = _fit_data(runs, delta, 5, "4 or 5")
         obs = np.concatenate([d[2] for d in data])
 
         def areas_for(lam: float) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from ._areas import _steps, lr_drops, lr_sequence
 from ._fit import _inner
-from ._law import Run, _run_data
+from ._law import Run, _fit_data
 
 __all__ = ["MultiPowerLaw", "decay_benefit", "BOUNDS"]
 
@@ -152,17 +152,10 @@ class MultiPowerLaw:
         """Fit the seven parameters to ``runs`` (``(schedule, steps, losses)`` triples, as
         :meth:`AnnealingLaw.fit`): Huber (``delta``) on ``log L``; ``starts`` limits the Nelder-Mead starts
         (default: all 16 of the grid). Independent of the order of the runs."""
-        if isinstance(runs, (str, bytes)) or not isinstance(runs, Sequence) or not runs:
-            raise ValueError("runs must be a non-empty list of (schedule, steps, losses) triples")
-        if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
-            raise ValueError(f"delta must be a finite number > 0; got {delta!r}")
         if starts is not None and (isinstance(starts, bool) or not isinstance(starts, int)
                                    or not 1 <= starts <= len(_STARTS)):
             raise ValueError(f"starts must be an integer in [1, {len(_STARTS)}] or None; got {starts!r}")
-        data = sorted((_run_data(i, r) for i, r in enumerate(runs)),
-                      key=lambda d: (d[1].size, d[1].tobytes(), d[2].tobytes(), d[0].tobytes()))
-        if sum(d[1].size for d in data) < 8:
-            raise ValueError("runs must hold at least 8 points in all (the law has 7 parameters)")
+        data = _fit_data(runs, delta, 8, "7")
         obs = np.concatenate([d[2] for d in data])
         logl = np.log(obs)
         logs1 = np.log(np.concatenate([np.cumsum(lrs)[s - 1] for lrs, s, _ in data]))
