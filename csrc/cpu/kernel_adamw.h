@@ -100,6 +100,120 @@ void adamw_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const Adam
 // ====================================================================================================
 // int8 moments: per block, decode, update (the parameter from the fresh moments), encode
 // ====================================================================================================
+/// A block whose first pass is done and whose codes are still to be written: its fresh m and sqrt(v) in
+/// scratch, its scales and encode multipliers, where its codes go.
+struct EncodeJob {
+  const float* mb = nullptr;
+  const float* rb = nullptr;
+  int8_t* cm = nullptr;
+  uint8_t* cv = nullptr;
+  int64_t len = -1;  // -1: none
+  float sm = 0.0f, sv = 0.0f, qm = 0.0f, qv = 0.0f;
+};
+
+/// Writes the codes of ``job`` (if any) on their own and clears it.
+LRS_VINLINE void flush_encode(EncodeJob& job) {
+  if (job.len >= 0) encode_block(job.mb, job.rb, job.len, job.sm, job.sv, job.qm, job.qv, job.cm, job.cv);
+  job.len = -1;
+}
+
+/// The first pass of adamw_q_block for fp32 parameters without master weights and fp32 gradients, a native
+/// vector at a time: the same operations in the same order (the same bits), the codes widened straight to
+/// float (GCC's vectorization of the scalar loop went through 16-bit halves, two loads and extracts per
+/// code vector) and, with GN, the gradient-norm lanes summed from g as it is loaded (in the encoder's lanes
+/// and folds: lane l of a kSub sub-block from the block start sums its elements j % 16 == l), so the encoder
+/// does not read g again. Returns the block's absmax bits of m and sqrt(v) in xm / xv. Along the way: ENC,
+/// the codes of ``prev`` (a block of the same length, a multiple of kCodeGroup, with finite scales) at the
+/// same offsets, 64 at a time; and the prefetches of ``pf``, one group of 16 elements per iteration.
+/// UNIT_GMUL: the gradient multiplier is 1 (no grad scale, not maximizing), whose product is left out
+/// (x * 1 is x, signed zeros and NaN payloads included, a signalling NaN aside).
+template <bool GN, bool ENC, bool UNIT_GMUL>
+void adamw_q_pass1_f32(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, const int8_t* LRS_RESTRICT cm,
+                       const uint8_t* LRS_RESTRICT cv, float* LRS_RESTRICT mb, float* LRS_RESTRICT rb, int64_t s,
+                       int64_t len, float dm, float dv, const AdamWCoeffs<float> c, double* LRS_RESTRICT acc_sq,
+                       double* LRS_RESTRICT acc_abs, uint32_t& xm_out, uint32_t& xv_out, const EncodeJob& prev,
+                       const SpreadPrefetch& pf) {
+  vu xm = {}, xv = {};
+  Lanes16 sq = {}, ab = {};
+  int64_t j = 0;
+  for (; j + kLanes <= len; j += kLanes) {
+    prefetch_group(pf, j);
+    for (int q = 0; q < kParts; ++q) {
+      const int64_t o = j + q * kVec, x = s + o;
+      vf mj = load_codes_vf(cm + x) * dm;
+      const vf r0 = load_codes_vf(cv + x) * dv;
+      vf vj = r0 * r0;
+      const vf g0 = load_vf(g + x);
+      if constexpr (GN) {
+        sq.v[q] += g0 * g0;
+        ab.v[q] += abs_vf(g0);
+      }
+      vf pj = load_vf(p + x);
+      const vf gj = UNIT_GMUL ? g0 : g0 * c.gmul;  // adamw_moments
+      pj = pj * c.decay;
+      mj = mj + (gj - mj) * c.omb1;
+      vj = vj * c.beta2 + c.omb2 * gj * gj;
+      const vf rj = sqrt_vf(vj);
+      const vf denom = rj * c.inv_bc2_sqrt + c.eps;  // adamw_apply_q
+      pj = pj - c.step_size * mj / denom;
+      store_vf(mb + o, mj);
+      store_vf(rb + o, rj);
+      const vu am = abs_bits_vf(mj), av = abs_bits_vf(rj);
+      xm = am > xm ? am : xm;
+      xv = av > xv ? av : xv;
+      store_vf(p + x, pj);
+    }
+    if constexpr (ENC) {  // the previous block's codes at the last 64 offsets
+      const int64_t o = j + kLanes - kCodeGroup;
+      if ((j + kLanes) % kCodeGroup == 0)
+        encode64_absmax(prev.mb + o, prev.rb + o, prev.qm, prev.qv, prev.cm + o, prev.cv + o);
+    }
+    if constexpr (GN) {
+      if ((j + kLanes) % kSub == 0) {
+        fold_lanes(sq, acc_sq);
+        fold_lanes(ab, acc_abs);
+      }
+    }
+  }
+  prefetch_rest(pf, j);
+  uint32_t sm = 0, sv = 0;
+  for (int l = 0; l < kVec; ++l) {
+    sm = max_u32(sm, xm[l]);
+    sv = max_u32(sv, xv[l]);
+  }
+  for (; j < len; ++j) {
+    const int64_t x = s + j;
+    float pj = p[x];
+    float mj = q_decode_m(cm[x], dm), vj = q_decode_v(cv[x], dv);
+    const float gj = g[x];
+    if constexpr (GN) {
+      const int l = static_cast<int>(j % kLanes);
+      add_to_lane(sq, l, gj * gj);
+      add_to_lane(ab, l, gj < 0.0f ? -gj : gj);
+      if ((j + 1) % kSub == 0) {
+        fold_lanes(sq, acc_sq);
+        fold_lanes(ab, acc_abs);
+      }
+    }
+    adamw_moments(pj, gj, mj, vj, c);
+    const float rj = sqrt_rn(vj);
+    adamw_apply_q(pj, mj, rj, c);
+    mb[j] = mj;
+    rb[j] = rj;
+    sm = max_u32(sm, abs_bits(mj));
+    sv = max_u32(sv, abs_bits(rj));
+    p[x] = pj;
+  }
+  if constexpr (GN) {
+    if (len % kSub != 0) {
+      fold_lanes(sq, acc_sq);
+      fold_lanes(ab, acc_abs);
+    }
+  }
+  xm_out = sm;
+  xv_out = sv;
+}
+
 /// One quantization block [s, s + len): mb / rb receive the fresh m and sqrt(v) (scratch of the caller).
 /// GN: also the gradient-norm lanes, added while encoding (from g itself, or from gb for 16-bit gradients).
 template <class P, int64_t MODE, bool SR, bool GN>
@@ -140,8 +254,60 @@ void adamw_q_block(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTR
   *scale_v = sv;
 }
 
+/// adamw_q_tensor for fp32 parameters without master weights: block b's first pass runs together with the
+/// encoding of block b - 1 (when both have the same length, a multiple of kCodeGroup, and b - 1 finite
+/// scales; else b - 1 is encoded on its own first), so the block's loads keep streaming while the codes are
+/// written, and the prefetches of the block kPrefetchElems ahead are spread over the pass (SpreadPrefetch).
+/// The kernel is memory-bound per core on the Xeon: the separate encoding pass and the burst of prefetches
+/// at each block's start left the memory system idle in between (bench/RESULTS.md, 2026-12-06). Each
+/// block's codes and scales are exactly adamw_q_block's (tests/test_cpu_int8_bits.py).
+template <bool GN, bool UNIT_GMUL>
+void adamw_q_tensor_f32(const Work& w, int64_t i, int64_t kb, int64_t kend, const AdamWCoeffs<float>& c) {
+  const TensorPtrs<float, q8, layout::MASTER_NONE> t(*w.tt, i);
+  alignas(64) float mb[2][kMaxQuantBlock];
+  alignas(64) float rb[2][kMaxQuantBlock];
+  for_chunks(w, i, kb, kend, [&](int64_t k, int64_t, int64_t) {
+    GnormAcc acc;
+    EncodeJob prev;
+    int cur = 0;
+    for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
+      const SpreadPrefetch pf = spread_prefetch(t, s, len, w.tt->numel[i], w.prefetch);
+      const float dm = q_step_m(t.sm[j]), dv = q_step_v(t.sv[j]);
+      uint32_t xm, xv;
+      const bool fuse =
+          prev.len == len && len % kCodeGroup == 0 && encodable(prev.sm, prev.sv, prev.qm, prev.qv);
+      if (fuse) {
+        adamw_q_pass1_f32<GN, true, UNIT_GMUL>(t.p, t.g, t.m, t.v, mb[cur], rb[cur], s, len, dm, dv, c, acc.sq, acc.ab,
+                                               xm, xv, prev, pf);
+      } else {
+        flush_encode(prev);
+        adamw_q_pass1_f32<GN, false, UNIT_GMUL>(t.p, t.g, t.m, t.v, mb[cur], rb[cur], s, len, dm, dv, c, acc.sq, acc.ab,
+                                                xm, xv, prev, pf);
+      }
+      const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
+      t.sm[j] = sm;
+      t.sv[j] = sv;
+      prev = EncodeJob{mb[cur], rb[cur], t.m + s, t.v + s, len, sm, sv, q_recip_m(sm), q_recip_v(sv)};
+      cur ^= 1;
+    });
+    flush_encode(prev);
+    acc.flush(w, k);
+  });
+}
+
 template <class P, int64_t MODE, bool SR>
 void adamw_q_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const AdamWCoeffs<float>& c) {
+  if constexpr (std::is_same<P, float>::value && MODE == layout::MASTER_NONE && !SR) {
+    const bool unit = c.gmul == 1.0f;  // no grad scale, not maximizing
+    if (w.gnorm) {
+      if (unit) adamw_q_tensor_f32<true, true>(w, i, kb, kend, c);
+      else adamw_q_tensor_f32<true, false>(w, i, kb, kend, c);
+    } else {
+      if (unit) adamw_q_tensor_f32<false, true>(w, i, kb, kend, c);
+      else adamw_q_tensor_f32<false, false>(w, i, kb, kend, c);
+    }
+    return;
+  }
   const TensorPtrs<P, q8, MODE> t(*w.tt, i);
   const Seeds sd = seeds_of(w, i);
   alignas(64) float mb[kMaxQuantBlock];
