@@ -102,6 +102,7 @@ struct QBlockBuf {
   alignas(64) int8_t cm[kMaxQuantBlock];
   alignas(64) uint8_t cv[kMaxQuantBlock];
   alignas(64) float g[kMaxQuantBlock];  // 16-bit gradients as float, for the gradient-norm lanes
+  alignas(64) float pd[kMaxQuantBlock];  // fp32 parameters: u_decay * p (lamb_q_moments_f32)
 };
 
 /// w and u of element x from the stored codes (cm, cv: the block's codes, indexed by j = x - s).
@@ -112,82 +113,150 @@ inline void lamb_q_wu(const P* LRS_RESTRICT p, const master_t<MODE>* LRS_RESTRIC
   lamb_base_update(param_load<P, MODE, float>(p, mst, x), lamb_direction_root(md, rd, c), c, w, u);
 }
 
-/// fp32 parameters, no master: encode_block and the w / u loop of lamb_q_pass1 in one pass over the block,
-/// w and u from the fresh integer codes instead of the stored bytes (the same values: a code converts to
-/// float exactly). Every operation, lane and fold is the one the two passes do, so the bits are the same:
-/// the codes as encode_block's, the gradient-norm lanes folded at the same points, and the w^2 / u^2 lanes
-/// (lane j % 16 of each kSub sub-block from the block's start, folded into acc_w / acc_u at its end) as
-/// add_wu's, whose zero padding adds nothing. Returns false, doing nothing, for a block with a non-finite
-/// scale or reciprocal (the caller's two passes then take their scalar paths). On a CPU where the step is
-/// bound by arithmetic (AMD Zen 4) the second pass's decode and the reload of w / u cost ~15% of the int8
-/// LAMB step.
-template <bool STORE_U, bool GN>
-inline bool lamb_q_encode_wu_f32(const float* LRS_RESTRICT p, const float* LRS_RESTRICT mb,
-                                 const float* LRS_RESTRICT rb, int64_t len, float sm, float sv, float qm, float qv,
-                                 int8_t* LRS_RESTRICT bm, uint8_t* LRS_RESTRICT bv, float* LRS_RESTRICT u_out,
-                                 const LambCoeffs<float>& c, const float* LRS_RESTRICT gf, GnormAcc* gn,
-                                 double* LRS_RESTRICT acc_w, double* LRS_RESTRICT acc_u) {
+/// fp32 parameters: encode_block and the u loop of lamb_q_pass1 in one pass over the block, u from the fresh
+/// integer codes instead of the stored bytes (the same values: a code converts to float exactly) and from
+/// pd = u_decay * p, which lamb_q_moments_f32 left in the buffer (with the w^2 lanes, so this loop reads
+/// nothing from memory but the block's scratch). Every operation, lane and fold is the one the two passes
+/// do, so the bits are the same: the codes as encode_block's (the scales are the absmax of mb / rb, so
+/// encode_vf_absmax gives encode_vf's codes) and the u^2 lanes (lane j % 16 of each kSub sub-block from the
+/// block's start, folded into acc_u at its end) as add_wu's, whose zero padding adds nothing. Returns false,
+/// doing nothing, for a block with a non-finite scale or reciprocal (the caller then takes the scalar path).
+/// It issues the prefetches of ``pf`` (SpreadPrefetch): the one loop of the step that reads no memory.
+template <bool STORE_U>
+inline bool lamb_q_encode_u_f32(const float* LRS_RESTRICT pd, const float* LRS_RESTRICT mb,
+                                const float* LRS_RESTRICT rb, int64_t len, float sm, float sv, float qm, float qv,
+                                int8_t* LRS_RESTRICT bm, uint8_t* LRS_RESTRICT bv, float* LRS_RESTRICT u_out,
+                                const LambCoeffs<float>& c, double* LRS_RESTRICT acc_u, const SpreadPrefetch& pf) {
   if (!encodable(sm, sv, qm, qv)) return false;
   const float dm = q_step_m(sm), dv = q_step_v(sv);
-  Lanes16 sq = {}, ab = {}, lw = {}, lu = {};
+  Lanes16 lu = {};
+  int64_t j = 0;
+  const int64_t whole = len / kLanes * kLanes;
+  while (j < whole) {
+    // up to the next fold point, on a copy of the lanes: the scalar tail below indexes the lanes at run
+    // time, which kept them in memory, and their adds then waited on a store and a reload every iteration
+    const int64_t stop = min64(whole, (j / kSub + 1) * kSub);
+    Lanes16 rlu = lu;
+    for (; j < stop; j += kLanes) {
+      prefetch_group(pf, j);
+      for (int q = 0; q < kParts; ++q) {
+        const int64_t x = j + q * kVec;
+        vi km, kv;
+        encode_vf_absmax(load_vf(mb + x), load_vf(rb + x), qm, qv, km, kv);
+        store_codes(bm + x, km);
+        store_codes(bv + x, kv);
+        // lamb_q_wu: decode, lamb_direction_root, lamb_base_update's u
+        const vf md = __builtin_convertvector(km, vf) * dm, rd = __builtin_convertvector(kv, vf) * dv;
+        const vf dir = (md * c.inv_bc1) / (rd * c.inv_bc2_sqrt + c.eps);
+        const vf u = dir + load_vf(pd + x);
+        if constexpr (STORE_U) store_vf(u_out + x, u);
+        rlu.v[q] += u * u;
+      }
+    }
+    lu = rlu;
+    if (j % kSub == 0) fold_lanes(lu, acc_u);
+  }
+  prefetch_rest(pf, j);
+  for (; j < len; ++j) {  // the rest of the last 16 (inside the last kSub sub-block: folded below)
+    bm[j] = static_cast<int8_t>(q_encode_m(mb[j], qm));
+    bv[j] = static_cast<uint8_t>(q_encode_v(rb[j], qv));
+    const float u = lamb_direction_root(q_decode_m(bm[j], dm), q_decode_r(bv[j], dv), c) + pd[j];
+    if constexpr (STORE_U) u_out[j] = u;
+    add_to_lane(lu, static_cast<int>(j % kLanes), u * u);
+  }
+  if (len % kSub != 0) fold_lanes(lu, acc_u);
+  return true;
+}
+
+/// The moment loop of lamb_q_pass1 for fp32 gradients, a native vector at a time: lamb_moments' operations in
+/// its order (the same bits), the codes widened in registers (load_codes_vf), the block's absmax bits of m and
+/// sqrt(v) into xm / xv and, with GN, the gradient-norm lanes of g as it is loaded, in the encoder's lanes and
+/// folds (lane l of a kSub sub-block from the block's start sums its elements j % 16 == l). It also reads
+/// the parameters p (so every stream of the block is read in this one loop): lamb_base_update's w = p *
+/// w_scale, whose squares go into the w lanes (add_wu's lanes and folds, into acc_w), and u_decay * p into
+/// pd for lamb_q_encode_u_f32.
+template <bool GN>
+inline void lamb_q_moments_f32(const float* LRS_RESTRICT g, const float* LRS_RESTRICT p,
+                               const int8_t* LRS_RESTRICT cm, const uint8_t* LRS_RESTRICT cv, float* LRS_RESTRICT mb,
+                               float* LRS_RESTRICT rb, float* LRS_RESTRICT pd, int64_t s, int64_t len, float dm,
+                               float dv, const LambCoeffs<float>& c, GnormAcc* gn, double* LRS_RESTRICT acc_w,
+                               uint32_t& xm_out, uint32_t& xv_out) {
+  vu xm = {}, xv = {};
+  Lanes16 sq = {}, ab = {}, lw = {};
   auto fold = [&]() {
     if constexpr (GN) {
       fold_lanes(sq, gn->sq);
       fold_lanes(ab, gn->ab);
     }
     fold_lanes(lw, acc_w);
-    fold_lanes(lu, acc_u);
   };
   int64_t j = 0;
-  const int64_t whole = len / kLanes * kLanes;
-  while (j < whole) {
-    // up to the next fold point, on copies of the lanes: the scalar tail below indexes the lanes at run
-    // time, which kept them in memory, and their adds then waited on a store and a reload every iteration
-    const int64_t stop = min64(whole, (j / kSub + 1) * kSub);
-    Lanes16 rsq = sq, rab = ab, rlw = lw, rlu = lu;
-    for (; j < stop; j += kLanes) {
-      for (int q = 0; q < kParts; ++q) {
-        const int64_t x = j + q * kVec;
-        vi km, kv;
-        encode_part<GN>(mb, rb, x, qm, qv, bm, bv, gf, rsq, rab, q, km, kv);
-        // lamb_q_wu: decode, lamb_direction_root, lamb_base_update
-        const vf md = __builtin_convertvector(km, vf) * dm, rd = __builtin_convertvector(kv, vf) * dv;
-        const vf dir = (md * c.inv_bc1) / (rd * c.inv_bc2_sqrt + c.eps);
-        const vf pj = load_vf(p + x);
-        const vf w = pj * c.w_scale, u = dir + c.u_decay * pj;
-        if constexpr (STORE_U) store_vf(u_out + x, u);
-        rlw.v[q] += w * w;
-        rlu.v[q] += u * u;
+  for (; j + kLanes <= len; j += kLanes) {
+    for (int q = 0; q < kParts; ++q) {
+      const int64_t o = j + q * kVec, x = s + o;
+      vf mj = load_codes_vf(cm + x) * dm;
+      const vf r0 = load_codes_vf(cv + x) * dv;
+      vf vj = r0 * r0;
+      const vf g0 = load_vf(g + x);
+      if constexpr (GN) {
+        sq.v[q] += g0 * g0;
+        ab.v[q] += abs_vf(g0);
       }
+      const vf gj = g0 * c.gmul;  // lamb_moments
+      mj = c.beta1 * mj + c.beta3 * gj;
+      vj = c.beta2 * vj + c.omb2 * gj * gj;
+      const vf rj = sqrt_vf(vj);
+      store_vf(mb + o, mj);
+      store_vf(rb + o, rj);
+      const vf pj = load_vf(p + x), w = pj * c.w_scale;  // lamb_base_update
+      lw.v[q] += w * w;
+      store_vf(pd + o, c.u_decay * pj);
+      const vu am = abs_bits_vf(mj), av = abs_bits_vf(rj);
+      xm = am > xm ? am : xm;
+      xv = av > xv ? av : xv;
     }
-    sq = rsq;
-    ab = rab;
-    lw = rlw;
-    lu = rlu;
-    if (j % kSub == 0) fold();
+    if ((j + kLanes) % kSub == 0) fold();
   }
-  for (; j < len; ++j) {  // the rest of the last 16 (inside the last kSub sub-block: folded below)
-    encode_one<GN>(mb, rb, j, qm, qv, bm, bv, gf, sq, ab);
-    const int l = static_cast<int>(j % kLanes);
-    float w, u;
-    lamb_base_update(p[j], lamb_direction_root(q_decode_m(bm[j], dm), q_decode_r(bv[j], dv), c), c, w, u);
-    if constexpr (STORE_U) u_out[j] = u;
-    add_to_lane(lw, l, w * w);
-    add_to_lane(lu, l, u * u);
+  uint32_t sm = 0, sv = 0;
+  for (int l = 0; l < kVec; ++l) {
+    sm = max_u32(sm, xm[l]);
+    sv = max_u32(sv, xv[l]);
+  }
+  for (; j < len; ++j) {
+    const int64_t x = s + j;
+    float mj = q_decode_m(cm[x], dm), vj = q_decode_v(cv[x], dv);
+    const float gj = g[x];
+    if constexpr (GN) {
+      const int l = static_cast<int>(j % kLanes);
+      add_to_lane(sq, l, gj * gj);
+      add_to_lane(ab, l, gj < 0.0f ? -gj : gj);
+    }
+    lamb_moments(gj, mj, vj, c);
+    const float rj = sqrt_rn(vj);
+    mb[j] = mj;
+    rb[j] = rj;
+    const float w = p[x] * c.w_scale;
+    add_to_lane(lw, static_cast<int>(j % kLanes), w * w);
+    pd[j] = c.u_decay * p[x];
+    sm = max_u32(sm, abs_bits(mj));
+    sv = max_u32(sv, abs_bits(rj));
+    if ((j + 1) % kSub == 0) fold();
   }
   if (len % kSub != 0) fold();
-  return true;
+  xm_out = sm;
+  xv_out = sv;
 }
 
 /// Stage 1 over one quantization block [s, s + len): update, encode (and, STORE, write codes and scales),
 /// then w and u from the decoded codes (and, STORE_U, u into u_out) and their squares into the lanes; with
-/// gn, the gradient-norm lanes while encoding (as AdamW's).
+/// gn, the gradient-norm lanes while encoding (as AdamW's). ``pf``: the prefetches to spread over the block
+/// (fp32 parameters; otherwise empty, the caller prefetching with prefetch_ahead).
 template <class P, int64_t MODE, bool STORE, bool STORE_U>
 void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTRICT cm,
                   uint8_t* LRS_RESTRICT cv, const master_t<MODE>* LRS_RESTRICT mst, float* LRS_RESTRICT u_out,
                   int64_t s, int64_t len, float* LRS_RESTRICT scale_m, float* LRS_RESTRICT scale_v,
                   const LambCoeffs<float> c, QBlockBuf* LRS_RESTRICT buf, double* LRS_RESTRICT acc_w,
-                  double* LRS_RESTRICT acc_u, GnormAcc* gn) {
+                  double* LRS_RESTRICT acc_u, GnormAcc* gn, const SpreadPrefetch& pf) {
   constexpr bool float_grads = std::is_same<P, float>::value;
   float* LRS_RESTRICT mb = buf->m;
   float* LRS_RESTRICT rb = buf->r;
@@ -196,28 +265,32 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
   uint8_t* bv = STORE ? cv + s : buf->cv;
   const float dm0 = q_step_m(*scale_m), dv0 = q_step_v(*scale_v);
   uint32_t xm = 0, xv = 0;
-  for (int64_t j = 0; j < len; ++j) {
-    const int64_t x = s + j;
-    float mj = q_decode_m(cm[x], dm0), vj = q_decode_v(cv[x], dv0);
-    const float gj = load(g[x]);
-    if constexpr (!float_grads) buf->g[j] = gj;
-    lamb_moments(gj, mj, vj, c);
-    const float rj = sqrt_rn(vj);
-    mb[j] = mj;
-    rb[j] = rj;
-    xm = max_u32(xm, abs_bits(mj));
-    xv = max_u32(xv, abs_bits(rj));
+  // fp32 parameters (never with master weights): the moment loop also sums the gradient-norm and the w lanes
+  static_assert(!float_grads || MODE == layout::MASTER_NONE, "fp32 parameters have no master weights");
+  if constexpr (float_grads) {
+    const float* gf = reinterpret_cast<const float*>(g);
+    const float* pp = reinterpret_cast<const float*>(p);
+    if (gn) lamb_q_moments_f32<true>(gf, pp, cm, cv, mb, rb, buf->pd, s, len, dm0, dv0, c, gn, acc_w, xm, xv);
+    else lamb_q_moments_f32<false>(gf, pp, cm, cv, mb, rb, buf->pd, s, len, dm0, dv0, c, nullptr, acc_w, xm, xv);
+  } else {
+    for (int64_t j = 0; j < len; ++j) {
+      const int64_t x = s + j;
+      float mj = q_decode_m(cm[x], dm0), vj = q_decode_v(cv[x], dv0);
+      const float gj = load(g[x]);
+      buf->g[j] = gj;
+      lamb_moments(gj, mj, vj, c);
+      const float rj = sqrt_rn(vj);
+      mb[j] = mj;
+      rb[j] = rj;
+      xm = max_u32(xm, abs_bits(mj));
+      xv = max_u32(xv, abs_bits(rj));
+    }
   }
   const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
   const float qm = q_recip_m(sm), qv = q_recip_v(sv);
-  if constexpr (float_grads && MODE == layout::MASTER_NONE) {
-    const float* pf = reinterpret_cast<const float*>(p) + s;
-    const float* gf = reinterpret_cast<const float*>(g) + s;
+  if constexpr (float_grads) {
     float* uo = STORE_U ? u_out + s : nullptr;
-    const bool done = gn ? lamb_q_encode_wu_f32<STORE_U, true>(pf, mb, rb, len, sm, sv, qm, qv, bm, bv, uo, c, gf, gn,
-                                                                acc_w, acc_u)
-                         : lamb_q_encode_wu_f32<STORE_U, false>(pf, mb, rb, len, sm, sv, qm, qv, bm, bv, uo, c, gf,
-                                                                 nullptr, acc_w, acc_u);
+    const bool done = lamb_q_encode_u_f32<STORE_U>(buf->pd, mb, rb, len, sm, sv, qm, qv, bm, bv, uo, c, acc_u, pf);
     if (done) {
       if constexpr (STORE) {
         *scale_m = sm;
@@ -226,11 +299,9 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
       return;
     }
   }
-  if (gn) {
-    const float* gf;
-    if constexpr (float_grads) gf = reinterpret_cast<const float*>(g) + s;
-    else gf = buf->g;
-    encode_block<true>(mb, rb, len, sm, sv, qm, qv, bm, bv, gf, gn->sq, gn->ab);
+  prefetch_rest(pf, 0);  // (none issued on this path yet)
+  if (gn && !float_grads) {
+    encode_block<true>(mb, rb, len, sm, sv, qm, qv, bm, bv, buf->g, gn->sq, gn->ab);
   } else {
     encode_block(mb, rb, len, sm, sv, qm, qv, bm, bv);
   }
@@ -250,7 +321,13 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
       ubuf[j] = uj;
       if constexpr (STORE_U) u_out[s + o + j] = uj;
     }
-    add_wu(wbuf, ubuf, sub, acc_w, acc_u);
+    if constexpr (float_grads) {  // the w lanes are the moment loop's
+      const int64_t len16 = (sub + kLanes - 1) / kLanes * kLanes;
+      for (int64_t j = sub; j < len16; ++j) ubuf[j] = 0.0f;
+      add_squares(ubuf, len16, acc_u);
+    } else {
+      add_wu(wbuf, ubuf, sub, acc_w, acc_u);
+    }
   }
 }
 

@@ -36,18 +36,20 @@ struct Lamb {
         if constexpr (Q) {
           QBlockBuf buf;
           for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
-            prefetch_ahead(t, s, len, tt.numel[i], w.prefetch);
+            SpreadPrefetch pf;  // fp32 parameters: spread over the block (lamb_q_pass1); else all at once
+            if constexpr (std::is_same<P, float>::value) pf = spread_prefetch(t, s, len, tt.numel[i], w.prefetch);
+            else prefetch_ahead(t, s, len, tt.numel[i], w.prefetch);
             float* sm = t.sm + j;
             float* sv = t.sv + j;
             if (a.skip)
               lamb_q_pass1<P, MODE, false, false>(t.p, t.g, t.m, t.v, t.mst, nullptr, s, len, sm, sv, coeffs[i], &buf,
-                                                  acc_w, acc_u, gp);
+                                                  acc_w, acc_u, gp, pf);
             else if (u_out)
               lamb_q_pass1<P, MODE, true, true>(t.p, t.g, t.m, t.v, t.mst, u_out, s, len, sm, sv, coeffs[i], &buf,
-                                                acc_w, acc_u, gp);
+                                                acc_w, acc_u, gp, pf);
             else
               lamb_q_pass1<P, MODE, true, false>(t.p, t.g, t.m, t.v, t.mst, nullptr, s, len, sm, sv, coeffs[i], &buf,
-                                                 acc_w, acc_u, gp);
+                                                 acc_w, acc_u, gp, pf);
           });
         } else if (u_out) {
           lamb_pass1<P, S, MODE, SR, true>(t.p, t.g, t.m, t.v, t.mst, u_out, cb, ce, coeffs[i], sd, acc_w, acc_u, gp);
