@@ -211,6 +211,7 @@ PYBIND11_MODULE(_cpu, m) {
         "at import)");
   m.attr("CHUNK_ELEMS") = kChunkElems;
   m.attr("LAMB_HOT_ELEMS") = kLambHotElems;
+  m.attr("LAMB_HOT_ELEMS_Q8") = kLambHotElemsQ8;
   m.attr("MAX_QUANT_BLOCK") = kMaxQuantBlock;
   {  // the layout's dtype codes by torch dtype name (kernels/layout.py DTYPE_CODES)
     namespace L = lrsched::layout;

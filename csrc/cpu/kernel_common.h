@@ -560,7 +560,7 @@ inline void prefetch_ahead(const TensorPtrs<P, S, MODE>& t, int64_t s, int64_t l
 /// in flight: int8 AdamW ~14% and int8 LAMB ~9% faster on the Xeon (bench/RESULTS.md).
 struct SpreadPrefetch {
   const float* p = nullptr;
-  const float* g = nullptr;
+  const float* g = nullptr;  // (null: no gradient stream)
   const int8_t* m = nullptr;
   const uint8_t* v = nullptr;
   int64_t n = 0;  // elements to prefetch from p / g / m / v (0: none)
@@ -586,7 +586,7 @@ inline SpreadPrefetch spread_prefetch(const TensorPtrs<float, q8, layout::MASTER
 LRS_VINLINE void prefetch_group(const SpreadPrefetch& pf, int64_t j) {
   if (j >= pf.n) return;
   __builtin_prefetch(pf.p + j, 1, 3);
-  __builtin_prefetch(pf.g + j, 0, 3);
+  if (pf.g) __builtin_prefetch(pf.g + j, 0, 3);
   if (j % 64 == 0) {
     __builtin_prefetch(pf.m + j, 1, 3);
     __builtin_prefetch(pf.v + j, 1, 3);

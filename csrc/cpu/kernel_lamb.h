@@ -331,13 +331,29 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
   }
 }
 
-/// Stage 2 over one quantization block from the codes stage 1 stored.
+/// Stage 2 over one quantization block from the codes stage 1 stored. fp32 parameters: a native vector at a
+/// time (lamb_q_wu's operations in its order: the same bits), with the prefetches of ``pf`` spread over it.
 template <class P, int64_t MODE, bool SR>
 void lamb_q_pass2(P* LRS_RESTRICT p, const int8_t* LRS_RESTRICT cm, const uint8_t* LRS_RESTRICT cv,
                   master_t<MODE>* LRS_RESTRICT mst, int64_t s, int64_t len, float scale_m, float scale_v,
-                  const LambCoeffs<float> c, const float lr_ratio, const Seeds sd) {
+                  const LambCoeffs<float> c, const float lr_ratio, const Seeds sd, const SpreadPrefetch& pf) {
   const float dm = q_step_m(scale_m), dv = q_step_v(scale_v);
-  for (int64_t x = s; x < s + len; ++x) {
+  int64_t j = 0;
+  if constexpr (std::is_same<P, float>::value) {
+    for (; j + kLanes <= len; j += kLanes) {
+      prefetch_group(pf, j);
+      for (int q = 0; q < kParts; ++q) {
+        const int64_t x = s + j + q * kVec;
+        const vf md = load_codes_vf(cm + x) * dm, rd = load_codes_vf(cv + x) * dv;
+        const vf dir = (md * c.inv_bc1) / (rd * c.inv_bc2_sqrt + c.eps);
+        const vf pj = load_vf(p + x);
+        const vf w = pj * c.w_scale, u = dir + c.u_decay * pj;
+        store_vf(p + x, w - lr_ratio * u);
+      }
+    }
+    prefetch_rest(pf, j);
+  }
+  for (int64_t x = s + j; x < s + len; ++x) {
     float wj, uj;
     lamb_q_wu<P, MODE>(p, mst, cm[x], cv[x], x, dm, dv, c, wj, uj);
     param_store<P, MODE, SR>(p, mst, x, wj - lr_ratio * uj, at(sd.p, sd, x));

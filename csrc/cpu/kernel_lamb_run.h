@@ -106,7 +106,12 @@ struct Lamb {
     } else if constexpr (Q) {
       for (int64_t k = kb; k < kend; ++k)
         for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
-          lamb_q_pass2<P, MODE, SR>(t.p, t.m, t.v, t.mst, s, len, t.sm[j], t.sv[j], coeffs[i], lr_ratio, sd);
+          SpreadPrefetch pf;  // fp32 parameters: p and the codes ahead, within this chunk
+          if constexpr (std::is_same<P, float>::value) {
+            pf = spread_prefetch(t, s, len, e, w.prefetch);
+            pf.g = nullptr;
+          }
+          lamb_q_pass2<P, MODE, SR>(t.p, t.m, t.v, t.mst, s, len, t.sm[j], t.sv[j], coeffs[i], lr_ratio, sd, pf);
         });
     } else {
       lamb_pass2<P, S, MODE, SR>(t.p, t.g, t.m, t.v, t.mst, b, e, coeffs[i], lr_ratio, sd);
