@@ -124,7 +124,22 @@ def _grads(ps, rng, step):
         p.grad = g
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}threads")
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _assert_codes(st, codes, where):
+    cm, sm, cv, sv = codes
+    assert np.array_equal(st["exp_avg"].numpy(), cm), where
+    assert np.array_equal(st["exp_avg_sq"].numpy(), cv), where
+    assert np.array_equal(st["exp_avg_scale"].numpy().view(np.int32), sm.view(np.int32)), where
+    assert np.array_equal(st["exp_avg_sq_scale"].numpy().view(np.int32), sv.view(np.int32)), where
+
+
 @pytest.mark.parametrize("qb", [256, 64, 128])
 @pytest.mark.parametrize("maximize", [False, True])
 def test_int8_adamw_matches_the_float32_emulation_bit_for_bit(qb, maximize, threads):
@@ -132,28 +147,18 @@ def test_int8_adamw_matches_the_float32_emulation_bit_for_bit(qb, maximize, thre
     ps, rng = _params(qb + maximize)
     opt = FusedAdamW(ps, lr=lr, betas=BETAS, eps=eps, weight_decay=wd, maximize=maximize, backend="cpu",
                      state_dtype="int8", quant_block=qb, quant_min_numel=1)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        _grads(ps, rng, 0)
+    _grads(ps, rng, 0)
+    opt.step()
+    for step in range(1, 4):
+        _grads(ps, rng, step)
+        want = [_adamw_step(p.detach().numpy().copy(), p.grad.numpy(), _numpy_state(opt, p), lr=lr, wd=wd, eps=eps,
+                            t=step + 1, maximize=maximize, qb=qb) for p in ps]
         opt.step()
-        for step in range(1, 4):
-            _grads(ps, rng, step)
-            want = [_adamw_step(p.detach().numpy().copy(), p.grad.numpy(), _numpy_state(opt, p), lr=lr, wd=wd,
-                                eps=eps, t=step + 1, maximize=maximize, qb=qb) for p in ps]
-            opt.step()
-            for p, (wp, (cm, sm, cv, sv)) in zip(ps, want):
-                st = opt.state[p]
-                assert np.array_equal(p.detach().numpy().view(np.int32), wp.view(np.int32)), (p.shape, step)
-                assert np.array_equal(st["exp_avg"].numpy(), cm), (p.shape, step)
-                assert np.array_equal(st["exp_avg_sq"].numpy(), cv), (p.shape, step)
-                assert np.array_equal(st["exp_avg_scale"].numpy().view(np.int32), sm.view(np.int32)), (p.shape, step)
-                assert np.array_equal(st["exp_avg_sq_scale"].numpy().view(np.int32), sv.view(np.int32)), (p.shape, step)
-    finally:
-        torch.set_num_threads(before)
+        for p, (wp, codes) in zip(ps, want):
+            assert np.array_equal(p.detach().numpy().view(np.int32), wp.view(np.int32)), (p.shape, step)
+            _assert_codes(opt.state[p], codes, (p.shape, step))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("qb", [256, 64])
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_int8_lamb_codes_match_the_float32_emulation_bit_for_bit(qb, decoupled, threads):
@@ -162,20 +167,11 @@ def test_int8_lamb_codes_match_the_float32_emulation_bit_for_bit(qb, decoupled, 
     ps, rng = _params(7 * qb + decoupled)
     opt = FusedLAMB(ps, lr=1e-2, betas=BETAS, eps=1e-6, weight_decay=0.1, decoupled_decay=decoupled,
                     backend="cpu", state_dtype="int8", quant_block=qb, quant_min_numel=1)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        _grads(ps, rng, 0)
+    _grads(ps, rng, 0)
+    opt.step()
+    for step in range(1, 3):
+        _grads(ps, rng, step)
+        want = [_lamb_codes(p.grad.numpy(), _numpy_state(opt, p), qb=qb) for p in ps]
         opt.step()
-        for step in range(1, 3):
-            _grads(ps, rng, step)
-            want = [_lamb_codes(p.grad.numpy(), _numpy_state(opt, p), qb=qb) for p in ps]
-            opt.step()
-            for p, (cm, sm, cv, sv) in zip(ps, want):
-                st = opt.state[p]
-                assert np.array_equal(st["exp_avg"].numpy(), cm), (p.shape, step)
-                assert np.array_equal(st["exp_avg_sq"].numpy(), cv), (p.shape, step)
-                assert np.array_equal(st["exp_avg_scale"].numpy().view(np.int32), sm.view(np.int32)), (p.shape, step)
-                assert np.array_equal(st["exp_avg_sq_scale"].numpy().view(np.int32), sv.view(np.int32)), (p.shape, step)
-    finally:
-        torch.set_num_threads(before)
+        for p, codes in zip(ps, want):
+            _assert_codes(opt.state[p], codes, (p.shape, step))

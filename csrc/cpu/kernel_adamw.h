@@ -140,14 +140,8 @@ void adamw_q_pass1_f32(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, const
     prefetch_group(pf, j);
     for (int q = 0; q < kParts; ++q) {
       const int64_t o = j + q * kVec, x = s + o;
-      vf mj = load_codes_vf(cm + x) * dm;
-      const vf r0 = load_codes_vf(cv + x) * dv;
-      vf vj = r0 * r0;
-      const vf g0 = load_vf(g + x);
-      if constexpr (GN) {
-        sq.v[q] += g0 * g0;
-        ab.v[q] += abs_vf(g0);
-      }
+      vf mj, vj, g0;
+      load_moments_vf<GN>(cm, cv, g, x, dm, dv, q, mj, vj, g0, sq, ab);
       vf pj = load_vf(p + x);
       const vf gj = UNIT_GMUL ? g0 : g0 * c.gmul;  // adamw_moments
       pj = pj * c.decay;
@@ -158,9 +152,7 @@ void adamw_q_pass1_f32(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, const
       pj = pj - c.step_size * mj / denom;
       store_vf(mb + o, mj);
       store_vf(rb + o, rj);
-      const vu am = abs_bits_vf(mj), av = abs_bits_vf(rj);
-      xm = am > xm ? am : xm;
-      xv = av > xv ? av : xv;
+      max_bits_vf(mj, rj, xm, xv);
       store_vf(p + x, pj);
     }
     if constexpr (ENC) {  // the previous block's codes at the last 64 offsets
@@ -176,20 +168,14 @@ void adamw_q_pass1_f32(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, const
     }
   }
   prefetch_rest(pf, j);
-  uint32_t sm = 0, sv = 0;
-  for (int l = 0; l < kVec; ++l) {
-    sm = max_u32(sm, xm[l]);
-    sv = max_u32(sv, xv[l]);
-  }
+  uint32_t sm = max_lane(xm), sv = max_lane(xv);
   for (; j < len; ++j) {
     const int64_t x = s + j;
     float pj = p[x];
     float mj = q_decode_m(cm[x], dm), vj = q_decode_v(cv[x], dv);
     const float gj = g[x];
     if constexpr (GN) {
-      const int l = static_cast<int>(j % kLanes);
-      add_to_lane(sq, l, gj * gj);
-      add_to_lane(ab, l, gj < 0.0f ? -gj : gj);
+      add_gnorm_lane(sq, ab, j, gj);
       if ((j + 1) % kSub == 0) {
         fold_lanes(sq, acc_sq);
         fold_lanes(ab, acc_abs);

@@ -121,6 +121,13 @@ struct Lanes16 {
 /// lanes[l] += x for the lane l of an element outside the vector loops (l = its index % 16).
 LRS_VINLINE void add_to_lane(Lanes16& lanes, int l, float x) { lanes.v[l / kVec][l % kVec] += x; }
 
+/// The gradient-norm lanes of element j outside the vector loops: g^2 and |g| into lane j % 16.
+LRS_VINLINE void add_gnorm_lane(Lanes16& sq, Lanes16& ab, int64_t j, float g) {
+  const int l = static_cast<int>(j % kLanes);
+  add_to_lane(sq, l, g * g);
+  add_to_lane(ab, l, g < 0.0f ? -g : g);
+}
+
 /// acc[l] += lanes[l] in double, l = 0..15, and the lanes cleared.
 LRS_VINLINE void fold_lanes(Lanes16& x, double* LRS_RESTRICT acc) {
   for (int q = 0; q < kParts; ++q) {
@@ -264,6 +271,37 @@ LRS_VINLINE vf load_codes_vf(const B* LRS_RESTRICT src) {
 #endif
 }
 
+/// The first steps of an int8 moment loop at elements [x, x + kVec), part q of the 16 lanes: m and v decoded
+/// from their codes (quant.h q_decode_m / q_decode_v, widened in registers) and the gradient g0 loaded; with
+/// GN, its square and magnitude added to lane part q of the gradient-norm lanes.
+template <bool GN>
+LRS_VINLINE void load_moments_vf(const int8_t* LRS_RESTRICT cm, const uint8_t* LRS_RESTRICT cv,
+                                 const float* LRS_RESTRICT g, int64_t x, float dm, float dv, int q, vf& m, vf& v,
+                                 vf& g0, Lanes16& sq, Lanes16& ab) {
+  m = load_codes_vf(cm + x) * dm;
+  const vf r0 = load_codes_vf(cv + x) * dv;
+  v = r0 * r0;
+  g0 = load_vf(g + x);
+  if constexpr (GN) {
+    sq.v[q] += g0 * g0;
+    ab.v[q] += abs_vf(g0);
+  }
+}
+
+/// The block maxima so far: xm / xv take the lane-wise maxima of |m| and r as float bits (abs_bits).
+LRS_VINLINE void max_bits_vf(vf m, vf r, vu& xm, vu& xv) {
+  const vu am = abs_bits_vf(m), av = abs_bits_vf(r);
+  xm = am > xm ? am : xm;
+  xv = av > xv ? av : xv;
+}
+
+/// The largest lane of x.
+LRS_VINLINE uint32_t max_lane(vu x) {
+  uint32_t out = 0;
+  for (int l = 0; l < kVec; ++l) out = max_u32(out, x[l]);
+  return out;
+}
+
 /// The int32 codes of a native vector of fresh m and r = sqrt(v) of a block with finite scales and finite
 /// reciprocals qm = 127 / s_m, qv = 255 / s_v (quant.h q_encode_m / q_encode_v, bit for bit; see
 /// encode_block).
@@ -354,12 +392,7 @@ LRS_VINLINE void encode_one(const float* LRS_RESTRICT mb, const float* LRS_RESTR
                             Lanes16& sq, Lanes16& ab) {
   cm[j] = static_cast<int8_t>(q_encode_m(mb[j], qm));
   cv[j] = static_cast<uint8_t>(q_encode_v(rb[j], qv));
-  if constexpr (GN) {
-    const float g = gf[j];
-    const int l = static_cast<int>(j % kLanes);
-    add_to_lane(sq, l, g * g);
-    add_to_lane(ab, l, g < 0.0f ? -g : g);
-  }
+  if constexpr (GN) add_gnorm_lane(sq, ab, j, gf[j]);
 }
 
 /// Whether a block's scales and reciprocals are finite (the vector encoder's condition; else the scalar

@@ -194,14 +194,8 @@ inline void lamb_q_moments_f32(const float* LRS_RESTRICT g, const float* LRS_RES
   for (; j + kLanes <= len; j += kLanes) {
     for (int q = 0; q < kParts; ++q) {
       const int64_t o = j + q * kVec, x = s + o;
-      vf mj = load_codes_vf(cm + x) * dm;
-      const vf r0 = load_codes_vf(cv + x) * dv;
-      vf vj = r0 * r0;
-      const vf g0 = load_vf(g + x);
-      if constexpr (GN) {
-        sq.v[q] += g0 * g0;
-        ab.v[q] += abs_vf(g0);
-      }
+      vf mj, vj, g0;
+      load_moments_vf<GN>(cm, cv, g, x, dm, dv, q, mj, vj, g0, sq, ab);
       const vf gj = g0 * c.gmul;  // lamb_moments
       mj = c.beta1 * mj + c.beta3 * gj;
       vj = c.beta2 * vj + c.omb2 * gj * gj;
@@ -211,25 +205,17 @@ inline void lamb_q_moments_f32(const float* LRS_RESTRICT g, const float* LRS_RES
       const vf pj = load_vf(p + x), w = pj * c.w_scale;  // lamb_base_update
       lw.v[q] += w * w;
       store_vf(pd + o, c.u_decay * pj);
-      const vu am = abs_bits_vf(mj), av = abs_bits_vf(rj);
-      xm = am > xm ? am : xm;
-      xv = av > xv ? av : xv;
+      max_bits_vf(mj, rj, xm, xv);
     }
     if ((j + kLanes) % kSub == 0) fold();
   }
-  uint32_t sm = 0, sv = 0;
-  for (int l = 0; l < kVec; ++l) {
-    sm = max_u32(sm, xm[l]);
-    sv = max_u32(sv, xv[l]);
-  }
+  uint32_t sm = max_lane(xm), sv = max_lane(xv);
   for (; j < len; ++j) {
     const int64_t x = s + j;
     float mj = q_decode_m(cm[x], dm), vj = q_decode_v(cv[x], dv);
     const float gj = g[x];
     if constexpr (GN) {
-      const int l = static_cast<int>(j % kLanes);
-      add_to_lane(sq, l, gj * gj);
-      add_to_lane(ab, l, gj < 0.0f ? -gj : gj);
+      add_gnorm_lane(sq, ab, j, gj);
     }
     lamb_moments(gj, mj, vj, c);
     const float rj = sqrt_rn(vj);
