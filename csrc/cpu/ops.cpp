@@ -186,15 +186,15 @@ void adamw_t(const TensorTable& tt, const StepTables& st, bool amsgrad, int thre
   gn.finish(st.grad_scale);
 }
 
-/// kLambHotElems (kLambHotElemsQ8 for int8 moments), or LRSCHED_CPU_LAMB_HOT for both (read once; for
-/// tuning experiments only).
-int64_t lamb_hot_elems(bool quantized_moments) {
+/// kLambHotElems (kLambHotElemsQ8 for fp32 parameters with int8 moments), or LRSCHED_CPU_LAMB_HOT for both
+/// (read once; for tuning experiments only).
+int64_t lamb_hot_elems(bool f32_int8) {
   static const int64_t env_hot = [] {
     const char* env = std::getenv("LRSCHED_CPU_LAMB_HOT");
     return env ? static_cast<int64_t>(std::atoll(env)) : int64_t(-1);
   }();
   if (env_hot >= 0) return env_hot;
-  return quantized_moments ? kLambHotElemsQ8 : kLambHotElems;
+  return f32_int8 ? kLambHotElemsQ8 : kLambHotElems;
 }
 
 template <class T>
@@ -234,7 +234,7 @@ void lamb_t(const TensorTable& tt, const StepTables& st, const float* clip_div, 
   a.nrest = static_cast<int64_t>(rest.size());
   a.scratch = scratch;
   a.scratch_elems = scratch ? scratch_elems : 0;
-  a.hot_elems = lamb_hot_elems(quantized(tt));
+  a.hot_elems = lamb_hot_elems(quantized(tt) && tt.pdtype == layout::DT_F32);
   a.partials = partials.data();
   a.sums = sums;
   a.norms_out = norms_out;

@@ -171,8 +171,8 @@ class CpuBackend:
     Args:
         threads: OpenMP threads per call; ``None`` (default) follows ``torch.get_num_threads()``.
         lamb_scratch: elements of LAMB's update buffer, where the first pass keeps the update for the
-            second (tensors of up to ``_cpu.LAMB_HOT_ELEMS`` elements per thread, ``LAMB_HOT_ELEMS_Q8`` with
-            int8 moments, whose stage 2 otherwise decodes the stored codes); ``None``: enough for
+            second (tensors of up to ``_cpu.LAMB_HOT_ELEMS`` elements per thread, ``LAMB_HOT_ELEMS_Q8`` for
+            fp32 params with int8 moments, whose stage 2 otherwise decodes the stored codes); ``None``: enough for
             every tensor up to that cap (about twice the largest tensor; e.g. 62 MB at 50M params in 50
             tensors); ``0``: no buffer (the second pass recomputes the moments and the update from the
             gradient: 44 instead of 40 B/param and twice the square roots). Bit-identical either way.
@@ -252,7 +252,8 @@ class CpuBackend:
             # The C++ side updates a tensor larger than a quarter of a thread's share with all threads
             # (alternating two halves of the buffer), the others one per thread (a slice each): size the
             # buffer so both kinds keep their update hot, each tensor capped at LAMB_HOT_ELEMS per thread.
-            hot = _ext.LAMB_HOT_ELEMS_Q8 if batch.exp_avg_scales is not None else _ext.LAMB_HOT_ELEMS
+            f32_int8 = batch.exp_avg_scales is not None and batch.dtype == torch.float32
+            hot = _ext.LAMB_HOT_ELEMS_Q8 if f32_int8 else _ext.LAMB_HOT_ELEMS
             large = tabs.total // (4 * threads)
             numels = tabs.numels
             coop = max((x for x in numels if x > large), default=0) if threads > 1 else 0
