@@ -100,6 +100,20 @@ void adamw_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const Adam
 // ====================================================================================================
 // int8 moments: per block, decode, update (the parameter from the fresh moments), encode
 // ====================================================================================================
+/// One element of an int8 AdamW block's first pass, after decoding: the moments and the parameter step
+/// (adamw_moments, sqrt, adamw_apply_q), m and r = sqrt(v) into the block's scratch, and the block maxima of
+/// |m| and r as float bits.
+LRS_VINLINE void adamw_q_element(float& p, float g, float m, float v, const AdamWCoeffs<float>& c, float& mb,
+                                 float& rb, uint32_t& xm, uint32_t& xv) {
+  adamw_moments(p, g, m, v, c);
+  const float r = sqrt_rn(v);
+  adamw_apply_q(p, m, r, c);
+  mb = m;
+  rb = r;
+  xm = max_u32(xm, abs_bits(m));
+  xv = max_u32(xv, abs_bits(r));
+}
+
 /// A block whose first pass is done and whose codes are still to be written: its fresh m and sqrt(v) in
 /// scratch, its scales and encode multipliers, where its codes go.
 struct EncodeJob {
@@ -181,13 +195,7 @@ void adamw_q_pass1_f32(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, const
         fold_lanes(ab, acc_abs);
       }
     }
-    adamw_moments(pj, gj, mj, vj, c);
-    const float rj = sqrt_rn(vj);
-    adamw_apply_q(pj, mj, rj, c);
-    mb[j] = mj;
-    rb[j] = rj;
-    sm = max_u32(sm, abs_bits(mj));
-    sv = max_u32(sv, abs_bits(rj));
+    adamw_q_element(pj, gj, mj, vj, c, mb[j], rb[j], sm, sv);
     p[x] = pj;
   }
   if constexpr (GN) {
@@ -217,13 +225,7 @@ void adamw_q_block(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTR
     float mj = q_decode_m(cm[x], dm), vj = q_decode_v(cv[x], dv);
     const float gj = load(g[x]);
     if constexpr (GN && !float_grads) gb[j] = gj;
-    adamw_moments(pj, gj, mj, vj, c);
-    const float rj = sqrt_rn(vj);
-    adamw_apply_q(pj, mj, rj, c);
-    mb[j] = mj;
-    rb[j] = rj;
-    xm = max_u32(xm, abs_bits(mj));
-    xv = max_u32(xv, abs_bits(rj));
+    adamw_q_element(pj, gj, mj, vj, c, mb[j], rb[j], xm, xv);
     param_store<P, MODE, SR>(p, mst, x, pj, at(sd.p, sd, x));
   }
   const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
