@@ -1,4 +1,5 @@
-"""The C++ int8-moment kernels for fp32 parameters, bit for bit against a float32 emulation in numpy.
+"""The C++ int8-moment kernels for fp32 and bf16 parameters (every master mode), bit for bit against a float32
+emulation in numpy.
 
 The kernels' int8 paths have no torch counterpart to follow, so their arithmetic is their own: it is written
 out below one float32 operation at a time, in the kernels' order (``csrc/include/lrsched/adamw.h``,
@@ -121,7 +122,7 @@ def _grads(ps, rng, step):
             g[1, :5] = 1e-41  # subnormal gradients (a second moment that must not encode to 0)
         if k == 2:
             g[:, :3] *= 1e6  # huge next to tiny in one block
-        p.grad = g
+        p.grad = g.to(p.dtype)
 
 
 @pytest.fixture(params=[1, 2], ids=lambda n: f"{n}threads")
@@ -175,3 +176,140 @@ def test_int8_lamb_codes_match_the_float32_emulation_bit_for_bit(qb, decoupled, 
         opt.step()
         for p, codes in zip(ps, want):
             _assert_codes(opt.state[p], codes, (p.shape, step))
+
+
+# ---- bf16 parameters: no master weights, fp32 masters, int8 / int16 compact corrections ----------------
+# quant.h's storage rules, one integer operation at a time (the kernels' vector loops must store these bits)
+
+MODES = [("none", False, 8), ("fp32", True, 8), ("compact8", "compact", 8), ("compact16", "compact", 16)]
+
+
+def _bf16_bits_rne(x: np.ndarray) -> np.ndarray:
+    """convert.h f32_to_bf16: round to nearest even by bits, NaN -> 0x7FC0 (uint32 holding 16 bits)."""
+    u = x.view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint32)
+    return np.where(np.isnan(x), np.uint32(0x7FC0), rounded)
+
+
+def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << np.uint32(16)).view(f32)
+
+
+def _compact_decode(pbits: np.ndarray, corr: np.ndarray, bits: int) -> np.ndarray:
+    k = 8 if bits == 8 else 0
+    u = (pbits.astype(np.int64) << 16) + corr.astype(np.int64) * (1 << k)
+    return (u & 0xFFFFFFFF).astype(np.uint32).view(f32)
+
+
+def _compact_encode(master: np.ndarray, bits: int):
+    """quant.h compact_encode for bf16: p = rne16(master), d = bits(master) - bits(p); int8: rne(d / 2**8)
+    clamped to [-128, 127]; int16: d, except a tie rounded down (d = 2**15), which takes the neighbour up in
+    magnitude and c = -2**15; c = 0 for a non-finite master."""
+    pb = _bf16_bits_rne(master).astype(np.int64)
+    d = master.view(np.uint32).astype(np.int64) - (pb << 16)
+    d = np.where(d >= 2**31, d - 2**32, d)
+    if bits == 8:
+        q, rem = d >> 8, d & 255
+        code = q + ((rem > 128) | ((rem == 128) & (q & 1 == 1))).astype(np.int64)
+        code = np.clip(code, -128, 127)
+    else:
+        tie = d == 32768
+        pb = pb + tie
+        code = np.where(tie, -32768, d)
+    code = np.where(np.isfinite(master), code, 0)
+    return pb.astype(np.uint16), code.astype(np.int8 if bits == 8 else np.int16)
+
+
+def _bf16_state(opt, p, mode):
+    """The compute value of p (float32) from its storage under mode, and the stored bits to compare."""
+    pbits = p.detach().view(torch.int16).numpy().view(np.uint16).copy()
+    st = opt.state[p]
+    if mode == "none":
+        return _bf16_to_f32(pbits)
+    if mode == "fp32":
+        return st["master_param"].numpy().copy()
+    return _compact_decode(pbits, st["master_correction"].numpy(), 8 if mode == "compact8" else 16)
+
+
+def _bf16_store(value: np.ndarray, mode: str):
+    """The parameter bits and master storage that a store of ``value`` leaves."""
+    if mode == "none":
+        return _bf16_bits_rne(value).astype(np.uint16), None
+    if mode == "fp32":
+        return _bf16_bits_rne(value).astype(np.uint16), value
+    return _compact_encode(value, 8 if mode == "compact8" else 16)
+
+
+def _assert_bf16_stored(opt, p, want, where):
+    wp, wm = want
+    assert np.array_equal(p.detach().view(torch.int16).numpy().view(np.uint16), wp), where
+    st = opt.state[p]
+    if "master_param" in st:
+        assert np.array_equal(st["master_param"].numpy().view(np.int32), wm.view(np.int32)), where
+    elif "master_correction" in st:
+        assert np.array_equal(st["master_correction"].numpy(), wm), where
+
+
+def _bf16_opt(ps, mw, bits, qb, **kw):
+    return FusedAdamW(ps, lr=1e-2, betas=BETAS, eps=1e-8, weight_decay=0.1, backend="cpu", state_dtype="int8",
+                      quant_block=qb, quant_min_numel=1, master_weights=mw, master_bits=bits, **kw)
+
+
+@pytest.mark.parametrize("qb", [256, 64])
+@pytest.mark.parametrize("mode, mw, bits", MODES, ids=[m[0] for m in MODES])
+def test_int8_adamw_bf16_params_match_the_float32_emulation_bit_for_bit(mode, mw, bits, qb, threads):
+    ps, rng = _params(11 * qb + bits)
+    ps = [torch.nn.Parameter(p.detach().bfloat16()) for p in ps]
+    opt = _bf16_opt(ps, mw, bits, qb)
+    _grads(ps, rng, 0)
+    opt.step()
+    ties = 0
+    for step in range(1, 4):
+        _grads(ps, rng, step)
+        want = []
+        for p in ps:
+            g = _bf16_to_f32(p.grad.view(torch.int16).numpy().view(np.uint16))
+            wp, codes = _adamw_step(_bf16_state(opt, p, mode), g, _numpy_state(opt, p), lr=1e-2, wd=0.1, eps=1e-8,
+                                    t=step + 1, maximize=False, qb=qb)
+            want.append((_bf16_store(wp, mode), codes))
+            if mode == "compact8":  # masters halfway between two corrections (ties of rne(d / 2**8))
+                d = wp.view(np.uint32).astype(np.int64) - (_bf16_bits_rne(wp).astype(np.int64) << 16)
+                ties += int(((d & 255) == 128).sum())
+        opt.step()
+        for p, (stored, codes) in zip(ps, want):
+            _assert_bf16_stored(opt, p, stored, (p.shape, step))
+            _assert_codes(opt.state[p], codes, (p.shape, step))
+    assert mode != "compact8" or ties > 0
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_compact_corrections_reencode_bit_for_bit_at_zero_update(bits, threads):
+    """Zero gradients and no weight decay leave every master as it is, so the step re-encodes the master of
+    each (parameter, correction) pair: corrections over their whole range, including the lowest next to an
+    odd parameter, whose master lies halfway between two bf16 values and rounds down to the even one (d =
+    2**15: int8 clamps the code 128 to 127, int16 takes the neighbour up in magnitude)."""
+    rng = np.random.default_rng(bits)
+    shape = (4, 1000)
+    pbits = rng.integers(0x3000, 0x4000, size=shape).astype(np.uint16)  # finite, normal, either sign below
+    pbits[1] |= 0x8000
+    pbits[0, 0] &= 0xFFFE  # the lowest correction next to an even and an odd parameter
+    pbits[2, 0] |= 1
+    p = torch.nn.Parameter(torch.from_numpy(pbits.view(np.int16)).view(torch.bfloat16))
+    opt = FusedAdamW([p], lr=1e-2, weight_decay=0.0, backend="cpu", state_dtype="int8", quant_min_numel=1,
+                     master_weights="compact", master_bits=bits)
+    p.grad = torch.zeros_like(p)
+    opt.step()
+    lo, hi = (-128, 127) if bits == 8 else (-32768, 32767)
+    corr = rng.integers(lo, hi + 1, size=shape)
+    corr[0, :4] = [lo, hi, 0, -1]
+    corr[2, :2] = [lo, hi]
+    dtype = np.int8 if bits == 8 else np.int16
+    opt.state[p]["master_correction"].copy_(torch.from_numpy(corr.astype(dtype)))
+    master = _compact_decode(pbits, corr.astype(dtype), bits)
+    want = _compact_encode(master, bits)
+    opt.step()
+    _assert_bf16_stored(opt, p, want, "re-encode")
+    # the cases the vector loops must get right are there
+    d = master.view(np.uint32).astype(np.int64) - (_bf16_bits_rne(master).astype(np.int64) << 16)
+    d = np.where(d >= 2**31, d - 2**32, d)
+    assert (d == 32768).any()  # c = -2**(bits-1) next to an odd parameter: a tie rounded down

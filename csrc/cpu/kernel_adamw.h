@@ -7,6 +7,7 @@
 #include <lrsched/quant.h>
 
 #include "kernel_common.h"
+#include "kernel_param_vec.h"
 
 namespace lrsched {
 namespace cpu {
@@ -131,8 +132,9 @@ LRS_VINLINE void flush_encode(EncodeJob& job) {
   job.len = -1;
 }
 
-/// The first pass of adamw_q_block for fp32 parameters without master weights and fp32 gradients, a native
-/// vector at a time: the same operations in the same order (the same bits), the codes widened straight to
+/// The first pass of adamw_q_block for the parameters of q8_vector_params (fp32; bf16 with any master mode,
+/// their gradients of the same type), a native vector at a time: the parameters loaded and stored by
+/// kernel_param_vec.h, the same operations in the same order (the same bits), the codes widened straight to
 /// float (GCC's vectorization of the scalar loop went through 16-bit halves, two loads and extracts per
 /// code vector) and, with GN, the gradient-norm lanes summed from g as it is loaded (in the encoder's lanes
 /// and folds: lane l of a kSub sub-block from the block start sums its elements j % 16 == l), so the encoder
@@ -141,12 +143,12 @@ LRS_VINLINE void flush_encode(EncodeJob& job) {
 /// same offsets, 64 at a time; and the prefetches of ``pf``, one group of 16 elements per iteration.
 /// UNIT_GMUL: the gradient multiplier is 1 (no grad scale, not maximizing), whose product is left out
 /// (x * 1 is x, signed zeros and NaN payloads included, a signalling NaN aside).
-template <bool GN, bool ENC, bool UNIT_GMUL>
-void adamw_q_pass1_f32(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, const int8_t* LRS_RESTRICT cm,
-                       const uint8_t* LRS_RESTRICT cv, float* LRS_RESTRICT mb, float* LRS_RESTRICT rb, int64_t s,
-                       int64_t len, float dm, float dv, const AdamWCoeffs<float> c, double* LRS_RESTRICT acc_sq,
-                       double* LRS_RESTRICT acc_abs, uint32_t& xm_out, uint32_t& xv_out, const EncodeJob& prev,
-                       const SpreadPrefetch& pf) {
+template <class P, int64_t MODE, bool GN, bool ENC, bool UNIT_GMUL, class PF>
+void adamw_q_pass1_vec(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, master_t<MODE>* LRS_RESTRICT mst,
+                       const int8_t* LRS_RESTRICT cm, const uint8_t* LRS_RESTRICT cv, float* LRS_RESTRICT mb,
+                       float* LRS_RESTRICT rb, int64_t s, int64_t len, float dm, float dv, const AdamWCoeffs<float> c,
+                       double* LRS_RESTRICT acc_sq, double* LRS_RESTRICT acc_abs, uint32_t& xm_out,
+                       uint32_t& xv_out, const EncodeJob& prev, const PF& pf) {
   vu xm = {}, xv = {};
   Lanes16 sq = {}, ab = {};
   int64_t j = 0;
@@ -156,7 +158,7 @@ void adamw_q_pass1_f32(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, const
       const int64_t o = j + q * kVec, x = s + o;
       vf mj, vj, g0;
       load_moments_vf<GN>(cm, cv, g, x, dm, dv, q, mj, vj, g0, sq, ab);
-      vf pj = load_vf(p + x);
+      vf pj = param_load_vf<P, MODE>(p, mst, x);
       const vf gj = UNIT_GMUL ? g0 : g0 * c.gmul;  // adamw_moments
       pj = pj * c.decay;
       mj = mj + (gj - mj) * c.omb1;
@@ -167,7 +169,7 @@ void adamw_q_pass1_f32(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, const
       store_vf(mb + o, mj);
       store_vf(rb + o, rj);
       max_bits_vf(mj, rj, xm, xv);
-      store_vf(p + x, pj);
+      param_store_vf<P, MODE>(p, mst, x, pj);
     }
     if constexpr (ENC) {  // the previous block's codes at the last 64 offsets
       const int64_t o = j + kLanes - kCodeGroup;
@@ -185,9 +187,9 @@ void adamw_q_pass1_f32(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, const
   uint32_t sm = max_lane(xm), sv = max_lane(xv);
   for (; j < len; ++j) {
     const int64_t x = s + j;
-    float pj = p[x];
+    float pj = param_load<P, MODE, float>(p, mst, x);
     float mj = q_decode_m(cm[x], dm), vj = q_decode_v(cv[x], dv);
-    const float gj = g[x];
+    const float gj = load(g[x]);
     if constexpr (GN) {
       add_gnorm_lane(sq, ab, j, gj);
       if ((j + 1) % kSub == 0) {
@@ -196,7 +198,7 @@ void adamw_q_pass1_f32(float* LRS_RESTRICT p, const float* LRS_RESTRICT g, const
       }
     }
     adamw_q_element(pj, gj, mj, vj, c, mb[j], rb[j], sm, sv);
-    p[x] = pj;
+    param_store<P, MODE, false>(p, mst, x, pj, SrAt{});
   }
   if constexpr (GN) {
     if (len % kSub != 0) {
@@ -242,16 +244,17 @@ void adamw_q_block(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTR
   *scale_v = sv;
 }
 
-/// adamw_q_tensor for fp32 parameters without master weights: block b's first pass runs together with the
+/// adamw_q_tensor for the parameters of q8_vector_params: block b's first pass runs together with the
 /// encoding of block b - 1 (when both have the same length, a multiple of kCodeGroup, and b - 1 finite
 /// scales; else b - 1 is encoded on its own first), so the block's loads keep streaming while the codes are
 /// written, and the prefetches of the block kPrefetchElems ahead are spread over the pass (SpreadPrefetch).
 /// The kernel is memory-bound per core on the Xeon: the separate encoding pass and the burst of prefetches
 /// at each block's start left the memory system idle in between (bench/RESULTS.md, 2026-12-06). Each
-/// block's codes and scales are exactly adamw_q_block's (tests/test_cpu_int8_bits.py).
-template <bool GN, bool UNIT_GMUL>
-void adamw_q_tensor_f32(const Work& w, int64_t i, int64_t kb, int64_t kend, const AdamWCoeffs<float>& c) {
-  const TensorPtrs<float, q8, layout::MASTER_NONE> t(*w.tt, i);
+/// block's codes and scales, and the parameters and masters stored, are exactly adamw_q_block's
+/// (tests/test_cpu_int8_bits.py). bf16 parameters: 1.1-1.4x faster than adamw_q_block (bench/RESULTS.md).
+template <class P, int64_t MODE, bool GN, bool UNIT_GMUL>
+void adamw_q_tensor_vec(const Work& w, int64_t i, int64_t kb, int64_t kend, const AdamWCoeffs<float>& c) {
+  const TensorPtrs<P, q8, MODE> t(*w.tt, i);
   alignas(64) float mb[2][kMaxQuantBlock];
   alignas(64) float rb[2][kMaxQuantBlock];
   for_chunks(w, i, kb, kend, [&](int64_t k, int64_t, int64_t) {
@@ -259,18 +262,18 @@ void adamw_q_tensor_f32(const Work& w, int64_t i, int64_t kb, int64_t kend, cons
     EncodeJob prev;
     int cur = 0;
     for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
-      const SpreadPrefetch pf = spread_prefetch(t, s, len, w.tt->numel[i], w.prefetch);
+      const auto pf = spread_prefetch(t, s, len, w.tt->numel[i], w.prefetch);
       const float dm = q_step_m(t.sm[j]), dv = q_step_v(t.sv[j]);
       uint32_t xm, xv;
       const bool fuse =
           prev.len == len && len % kCodeGroup == 0 && encodable(prev.sm, prev.sv, prev.qm, prev.qv);
       if (fuse) {
-        adamw_q_pass1_f32<GN, true, UNIT_GMUL>(t.p, t.g, t.m, t.v, mb[cur], rb[cur], s, len, dm, dv, c, acc.sq, acc.ab,
-                                               xm, xv, prev, pf);
+        adamw_q_pass1_vec<P, MODE, GN, true, UNIT_GMUL>(t.p, t.g, t.mst, t.m, t.v, mb[cur], rb[cur], s, len, dm, dv, c,
+                                                        acc.sq, acc.ab, xm, xv, prev, pf);
       } else {
         flush_encode(prev);
-        adamw_q_pass1_f32<GN, false, UNIT_GMUL>(t.p, t.g, t.m, t.v, mb[cur], rb[cur], s, len, dm, dv, c, acc.sq, acc.ab,
-                                                xm, xv, prev, pf);
+        adamw_q_pass1_vec<P, MODE, GN, false, UNIT_GMUL>(t.p, t.g, t.mst, t.m, t.v, mb[cur], rb[cur], s, len, dm, dv,
+                                                         c, acc.sq, acc.ab, xm, xv, prev, pf);
       }
       const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
       t.sm[j] = sm;
@@ -285,14 +288,14 @@ void adamw_q_tensor_f32(const Work& w, int64_t i, int64_t kb, int64_t kend, cons
 
 template <class P, int64_t MODE, bool SR>
 void adamw_q_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const AdamWCoeffs<float>& c) {
-  if constexpr (std::is_same<P, float>::value && MODE == layout::MASTER_NONE && !SR) {
+  if constexpr (q8_vector_params<P, MODE, SR>()) {
     const bool unit = c.gmul == 1.0f;  // no grad scale, not maximizing
     if (w.gnorm) {
-      if (unit) adamw_q_tensor_f32<true, true>(w, i, kb, kend, c);
-      else adamw_q_tensor_f32<true, false>(w, i, kb, kend, c);
+      if (unit) adamw_q_tensor_vec<P, MODE, true, true>(w, i, kb, kend, c);
+      else adamw_q_tensor_vec<P, MODE, true, false>(w, i, kb, kend, c);
     } else {
-      if (unit) adamw_q_tensor_f32<false, true>(w, i, kb, kend, c);
-      else adamw_q_tensor_f32<false, false>(w, i, kb, kend, c);
+      if (unit) adamw_q_tensor_vec<P, MODE, false, true>(w, i, kb, kend, c);
+      else adamw_q_tensor_vec<P, MODE, false, false>(w, i, kb, kend, c);
     }
     return;
   }

@@ -271,12 +271,21 @@ LRS_VINLINE vf load_codes_vf(const B* LRS_RESTRICT src) {
 #endif
 }
 
+typedef uint16_t vh __attribute__((vector_size(kVec * sizeof(uint16_t))));
+
+/// kVec bf16 values widened to float (bits << 16).
+LRS_VINLINE vf load_vf(const bf16* x) {
+  vh h;
+  __builtin_memcpy(&h, x, sizeof h);
+  return reinterpret_cast<vf>(__builtin_convertvector(h, vu) << 16);
+}
+
 /// The first steps of an int8 moment loop at elements [x, x + kVec), part q of the 16 lanes: m and v decoded
 /// from their codes (quant.h q_decode_m / q_decode_v, widened in registers) and the gradient g0 loaded; with
 /// GN, its square and magnitude added to lane part q of the gradient-norm lanes.
-template <bool GN>
+template <bool GN, class G>
 LRS_VINLINE void load_moments_vf(const int8_t* LRS_RESTRICT cm, const uint8_t* LRS_RESTRICT cv,
-                                 const float* LRS_RESTRICT g, int64_t x, float dm, float dv, int q, vf& m, vf& v,
+                                 const G* LRS_RESTRICT g, int64_t x, float dm, float dv, int q, vf& m, vf& v,
                                  vf& g0, Lanes16& sq, Lanes16& ab) {
   m = load_codes_vf(cm + x) * dm;
   const vf r0 = load_codes_vf(cv + x) * dv;
@@ -585,50 +594,67 @@ inline void prefetch_ahead(const TensorPtrs<P, S, MODE>& t, int64_t s, int64_t l
   __asm__ __volatile__("");
 }
 
-/// The prefetches of prefetch_ahead for fp32 parameters and gradients with int8 / uint8 codes, spread over a
-/// loop of the block, one group of 16 elements at a time, instead of issued in one burst at its start: the
-/// burst filled the line-fill buffers and stalled at the block's start, and the memory system then idled
-/// while the block was encoded from L1 (the kernels are memory-bound per core on the Xeon). Issued from the
-/// loop that reads no memory (LAMB's encoder) or along the block's one pass (AdamW), they keep the loads
-/// in flight: int8 AdamW ~14% and int8 LAMB ~9% faster on the Xeon (bench/RESULTS.md).
-struct SpreadPrefetch {
-  const float* p = nullptr;
-  const float* g = nullptr;  // (null: no gradient stream)
+/// The prefetches of prefetch_ahead for int8 / uint8 codes with parameters and gradients of type P (and
+/// master weights of type M when HAS_M), spread over a loop of the block, one group of 16 elements at a time,
+/// instead of issued in one burst at its start: the burst filled the line-fill buffers and stalled at the
+/// block's start, and the memory system then idled while the block was encoded from L1 (the kernels are
+/// memory-bound per core on the Xeon). Issued from the loop that reads no memory (LAMB's encoder) or along
+/// the block's one pass (AdamW), they keep the loads in flight: int8 AdamW ~14% and int8 LAMB ~9% faster on
+/// the Xeon (bench/RESULTS.md).
+template <class P, class M = float, bool HAS_M = false>
+struct SpreadPrefetchT {
+  const P* p = nullptr;
+  const P* g = nullptr;  // (null: no gradient stream)
   const int8_t* m = nullptr;
   const uint8_t* v = nullptr;
-  int64_t n = 0;  // elements to prefetch from p / g / m / v (0: none)
+  const M* mst = nullptr;
+  int64_t n = 0;  // elements to prefetch from each stream (0: none)
 };
+/// fp32 parameters, no master weights.
+using SpreadPrefetch = SpreadPrefetchT<float>;
 
 /// The spread prefetches of the block [s, s + len) of tensor t: the block kPrefetchElems ahead (clamped to
 /// numel), or none when ``on`` is false.
-inline SpreadPrefetch spread_prefetch(const TensorPtrs<float, q8, layout::MASTER_NONE>& t, int64_t s, int64_t len,
-                                      int64_t numel, bool on) {
-  SpreadPrefetch pf;
+template <class P, int64_t MODE>
+inline SpreadPrefetchT<P, master_t<MODE>, MODE != layout::MASTER_NONE> spread_prefetch(
+    const TensorPtrs<P, q8, MODE>& t, int64_t s, int64_t len, int64_t numel, bool on) {
+  SpreadPrefetchT<P, master_t<MODE>, MODE != layout::MASTER_NONE> pf;
   const int64_t b = s + kPrefetchElems, e = min64(b + len, numel);
   if (!on || e <= b) return pf;
   pf.p = t.p + b;
   pf.g = t.g + b;
   pf.m = t.m + b;
   pf.v = t.v + b;
+  if constexpr (MODE != layout::MASTER_NONE) pf.mst = t.mst + b;
   pf.n = e - b;
   return pf;
 }
 
-/// The prefetches of elements [j, j + 16) of the plan (j a multiple of 16): one line of p and of g, and
-/// every 64 elements one line of each code stream.
-LRS_VINLINE void prefetch_group(const SpreadPrefetch& pf, int64_t j) {
+/// The prefetches of elements [j, j + 16) of the plan (j a multiple of 16): the lines of each stream that
+/// start there (one line of a 4-byte stream per group, of a 2-byte stream every 32 elements, of a code
+/// stream every 64).
+template <class P, class M, bool HAS_M>
+LRS_VINLINE void prefetch_group(const SpreadPrefetchT<P, M, HAS_M>& pf, int64_t j) {
   if (j >= pf.n) return;
-  __builtin_prefetch(pf.p + j, 1, 3);
-  if (pf.g) __builtin_prefetch(pf.g + j, 0, 3);
+  constexpr int64_t line_p = 64 / static_cast<int64_t>(sizeof(P));
+  if (line_p <= kLanes || j % line_p == 0) {
+    __builtin_prefetch(pf.p + j, 1, 3);
+    if (pf.g) __builtin_prefetch(pf.g + j, 0, 3);
+  }
   if (j % 64 == 0) {
     __builtin_prefetch(pf.m + j, 1, 3);
     __builtin_prefetch(pf.v + j, 1, 3);
+  }
+  if constexpr (HAS_M) {
+    constexpr int64_t line_m = 64 / static_cast<int64_t>(sizeof(M));
+    if (line_m <= kLanes || j % line_m == 0) __builtin_prefetch(pf.mst + j, 1, 3);
   }
 }
 
 /// The plan's prefetches from element j on (after a loop that stopped short of the block's end, or on a
 /// path that issued none).
-inline void prefetch_rest(const SpreadPrefetch& pf, int64_t j) {
+template <class P, class M, bool HAS_M>
+inline void prefetch_rest(const SpreadPrefetchT<P, M, HAS_M>& pf, int64_t j) {
   for (j = j / kLanes * kLanes; j < pf.n; j += kLanes) prefetch_group(pf, j);
   __asm__ __volatile__("");  // (as prefetch_ahead's)
 }
