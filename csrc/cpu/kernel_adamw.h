@@ -251,7 +251,7 @@ void adamw_q_block(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTR
 /// The kernel is memory-bound per core on the Xeon: the separate encoding pass and the burst of prefetches
 /// at each block's start left the memory system idle in between (bench/RESULTS.md, 2026-12-06). Each
 /// block's codes and scales, and the parameters and masters stored, are exactly adamw_q_block's
-/// (tests/test_cpu_int8_bits.py). bf16 parameters: 1.1-1.4x faster than adamw_q_block (bench/RESULTS.md).
+/// (tests/test_cpu_int8_bits.py). bf16 parameters: 1.1-1.3x faster than adamw_q_block (bench/RESULTS.md).
 template <class P, int64_t MODE, bool GN, bool UNIT_GMUL>
 void adamw_q_tensor_vec(const Work& w, int64_t i, int64_t kb, int64_t kend, const AdamWCoeffs<float>& c) {
   const TensorPtrs<P, q8, MODE> t(*w.tt, i);
