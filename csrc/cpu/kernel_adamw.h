@@ -132,7 +132,7 @@ LRS_VINLINE void flush_encode(EncodeJob& job) {
   job.len = -1;
 }
 
-/// The first pass of adamw_q_block for the parameters of q8_vector_params (fp32; bf16 with any master mode,
+/// The first pass of adamw_q_block for the parameters of vector_params (fp32; bf16 with any master mode,
 /// their gradients of the same type), a native vector at a time: the parameters loaded and stored by
 /// kernel_param_vec.h, the same operations in the same order (the same bits), the codes widened straight to
 /// float (GCC's vectorization of the scalar loop went through 16-bit halves, two loads and extracts per
@@ -244,14 +244,14 @@ void adamw_q_block(P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTR
   *scale_v = sv;
 }
 
-/// adamw_q_tensor for the parameters of q8_vector_params: block b's first pass runs together with the
+/// adamw_q_tensor for the parameters of vector_params: block b's first pass runs together with the
 /// encoding of block b - 1 (when both have the same length, a multiple of kCodeGroup, and b - 1 finite
 /// scales; else b - 1 is encoded on its own first), so the block's loads keep streaming while the codes are
 /// written, and the prefetches of the block kPrefetchElems ahead are spread over the pass (SpreadPrefetch).
 /// The kernel is memory-bound per core on the Xeon: the separate encoding pass and the burst of prefetches
 /// at each block's start left the memory system idle in between (bench/RESULTS.md, 2026-12-06). Each
 /// block's codes and scales, and the parameters and masters stored, are exactly adamw_q_block's
-/// (tests/test_cpu_int8_bits.py). bf16 parameters: 1.1-1.3x faster than adamw_q_block (bench/RESULTS.md).
+/// (tests/test_cpu_int8_bits.py). bf16 parameters: 1.15-1.33x faster than adamw_q_block (bench/RESULTS.md).
 template <class P, int64_t MODE, bool GN, bool UNIT_GMUL>
 void adamw_q_tensor_vec(const Work& w, int64_t i, int64_t kb, int64_t kend, const AdamWCoeffs<float>& c) {
   const TensorPtrs<P, q8, MODE> t(*w.tt, i);
@@ -288,7 +288,7 @@ void adamw_q_tensor_vec(const Work& w, int64_t i, int64_t kb, int64_t kend, cons
 
 template <class P, int64_t MODE, bool SR>
 void adamw_q_tensor(const Work& w, int64_t i, int64_t kb, int64_t kend, const AdamWCoeffs<float>& c) {
-  if constexpr (q8_vector_params<P, MODE, SR>()) {
+  if constexpr (vector_params<P, MODE, SR>()) {
     const bool unit = c.gmul == 1.0f;  // no grad scale, not maximizing
     if (w.gnorm) {
       if (unit) adamw_q_tensor_vec<P, MODE, true, true>(w, i, kb, kend, c);

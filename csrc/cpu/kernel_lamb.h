@@ -11,6 +11,7 @@
 #include <lrsched/quant.h>
 
 #include "kernel_common.h"
+#include "kernel_param_vec.h"
 
 namespace lrsched {
 namespace cpu {
@@ -102,7 +103,7 @@ struct QBlockBuf {
   alignas(64) int8_t cm[kMaxQuantBlock];
   alignas(64) uint8_t cv[kMaxQuantBlock];
   alignas(64) float g[kMaxQuantBlock];  // 16-bit gradients as float, for the gradient-norm lanes
-  alignas(64) float pd[kMaxQuantBlock];  // fp32 parameters: u_decay * p (lamb_q_moments_f32)
+  alignas(64) float pd[kMaxQuantBlock];  // vector parameters: u_decay * p (lamb_q_moments_vec)
 };
 
 /// w and u of element x from the stored codes (cm, cv: the block's codes, indexed by j = x - s).
@@ -113,20 +114,21 @@ inline void lamb_q_wu(const P* LRS_RESTRICT p, const master_t<MODE>* LRS_RESTRIC
   lamb_base_update(param_load<P, MODE, float>(p, mst, x), lamb_direction_root(md, rd, c), c, w, u);
 }
 
-/// fp32 parameters: encode_block and the u loop of lamb_q_pass1 in one pass over the block, u from the fresh
-/// integer codes instead of the stored bytes (the same values: a code converts to float exactly) and from
-/// pd = u_decay * p, which lamb_q_moments_f32 left in the buffer (with the w^2 lanes, so this loop reads
-/// nothing from memory but the block's scratch). Every operation, lane and fold is the one the two passes
-/// do, so the bits are the same: the codes as encode_block's (the scales are the absmax of mb / rb, so
-/// encode_vf_absmax gives encode_vf's codes) and the u^2 lanes (lane j % 16 of each kSub sub-block from the
-/// block's start, folded into acc_u at its end) as add_wu's, whose zero padding adds nothing. Returns false,
-/// doing nothing, for a block with a non-finite scale or reciprocal (the caller then takes the scalar path).
+/// Vector parameters (vector_params): encode_block and the u loop of lamb_q_pass1 in one pass over the block,
+/// u from the fresh integer codes instead of the stored bytes (the same values: a code converts to float
+/// exactly) and from pd = u_decay * p, which lamb_q_moments_vec left in the buffer (with the w^2 lanes, so
+/// this loop reads nothing from memory but the block's scratch). Every operation, lane and fold is the one
+/// the two passes do, so the bits are the same: the codes as encode_block's (the scales are the absmax of mb
+/// / rb, so encode_vf_absmax gives encode_vf's codes) and the u^2 lanes (lane j % 16 of each kSub sub-block
+/// from the block's start, folded into acc_u at its end) as add_wu's, whose zero padding adds nothing.
+/// Returns false, doing nothing, for a block with a non-finite scale or reciprocal (the caller then takes the
+/// scalar path).
 /// It issues the prefetches of ``pf`` (SpreadPrefetch): the one loop of the step that reads no memory.
-template <bool STORE_U>
-inline bool lamb_q_encode_u_f32(const float* LRS_RESTRICT pd, const float* LRS_RESTRICT mb,
+template <bool STORE_U, class PF>
+inline bool lamb_q_encode_u(const float* LRS_RESTRICT pd, const float* LRS_RESTRICT mb,
                                 const float* LRS_RESTRICT rb, int64_t len, float sm, float sv, float qm, float qv,
                                 int8_t* LRS_RESTRICT bm, uint8_t* LRS_RESTRICT bv, float* LRS_RESTRICT u_out,
-                                const LambCoeffs<float>& c, double* LRS_RESTRICT acc_u, const SpreadPrefetch& pf) {
+                                const LambCoeffs<float>& c, double* LRS_RESTRICT acc_u, const PF& pf) {
   if (!encodable(sm, sv, qm, qv)) return false;
   const float dm = q_step_m(sm), dv = q_step_v(sv);
   Lanes16 lu = {};
@@ -168,16 +170,18 @@ inline bool lamb_q_encode_u_f32(const float* LRS_RESTRICT pd, const float* LRS_R
   return true;
 }
 
-/// The moment loop of lamb_q_pass1 for fp32 gradients, a native vector at a time: lamb_moments' operations in
-/// its order (the same bits), the codes widened in registers (load_codes_vf), the block's absmax bits of m and
-/// sqrt(v) into xm / xv and, with GN, the gradient-norm lanes of g as it is loaded, in the encoder's lanes and
-/// folds (lane l of a kSub sub-block from the block's start sums its elements j % 16 == l). It also reads
-/// the parameters p (so every stream of the block is read in this one loop): lamb_base_update's w = p *
+/// The moment loop of lamb_q_pass1 for vector parameters (vector_params: fp32, or bf16 in any master mode,
+/// gradients of the same type), a native vector at a time: lamb_moments' operations in its order (the same
+/// bits), the codes widened in registers (load_codes_vf), the block's absmax bits of m and sqrt(v) into xm /
+/// xv and, with GN, the gradient-norm lanes of g as it is loaded, in the encoder's lanes and folds (lane l of
+/// a kSub sub-block from the block's start sums its elements j % 16 == l). It also reads the parameters p
+/// (kernel_param_vec.h; so every stream of the block is read in this one loop): lamb_base_update's w = p *
 /// w_scale, whose squares go into the w lanes (add_wu's lanes and folds, into acc_w), and u_decay * p into
-/// pd for lamb_q_encode_u_f32.
-template <bool GN>
-inline void lamb_q_moments_f32(const float* LRS_RESTRICT g, const float* LRS_RESTRICT p,
-                               const int8_t* LRS_RESTRICT cm, const uint8_t* LRS_RESTRICT cv, float* LRS_RESTRICT mb,
+/// pd for lamb_q_encode_u.
+template <class P, int64_t MODE, bool GN>
+inline void lamb_q_moments_vec(const P* LRS_RESTRICT g, const P* LRS_RESTRICT p,
+                               const master_t<MODE>* LRS_RESTRICT mst, const int8_t* LRS_RESTRICT cm,
+                               const uint8_t* LRS_RESTRICT cv, float* LRS_RESTRICT mb,
                                float* LRS_RESTRICT rb, float* LRS_RESTRICT pd, int64_t s, int64_t len, float dm,
                                float dv, const LambCoeffs<float>& c, GnormAcc* gn, double* LRS_RESTRICT acc_w,
                                uint32_t& xm_out, uint32_t& xv_out) {
@@ -202,7 +206,7 @@ inline void lamb_q_moments_f32(const float* LRS_RESTRICT g, const float* LRS_RES
       const vf rj = sqrt_vf(vj);
       store_vf(mb + o, mj);
       store_vf(rb + o, rj);
-      const vf pj = load_vf(p + x), w = pj * c.w_scale;  // lamb_base_update
+      const vf pj = param_load_vf<P, MODE>(p, mst, x), w = pj * c.w_scale;  // lamb_base_update
       lw.v[q] += w * w;
       store_vf(pd + o, c.u_decay * pj);
       max_bits_vf(mj, rj, xm, xv);
@@ -213,7 +217,7 @@ inline void lamb_q_moments_f32(const float* LRS_RESTRICT g, const float* LRS_RES
   for (; j < len; ++j) {
     const int64_t x = s + j;
     float mj = q_decode_m(cm[x], dm), vj = q_decode_v(cv[x], dv);
-    const float gj = g[x];
+    const float gj = load(g[x]);
     if constexpr (GN) {
       add_gnorm_lane(sq, ab, j, gj);
     }
@@ -221,9 +225,9 @@ inline void lamb_q_moments_f32(const float* LRS_RESTRICT g, const float* LRS_RES
     const float rj = sqrt_rn(vj);
     mb[j] = mj;
     rb[j] = rj;
-    const float w = p[x] * c.w_scale;
+    const float pj = param_load<P, MODE, float>(p, mst, x), w = pj * c.w_scale;
     add_to_lane(lw, static_cast<int>(j % kLanes), w * w);
-    pd[j] = c.u_decay * p[x];
+    pd[j] = c.u_decay * pj;
     sm = max_u32(sm, abs_bits(mj));
     sv = max_u32(sv, abs_bits(rj));
     if ((j + 1) % kSub == 0) fold();
@@ -236,14 +240,14 @@ inline void lamb_q_moments_f32(const float* LRS_RESTRICT g, const float* LRS_RES
 /// Stage 1 over one quantization block [s, s + len): update, encode (and, STORE, write codes and scales),
 /// then w and u from the decoded codes (and, STORE_U, u into u_out) and their squares into the lanes; with
 /// gn, the gradient-norm lanes while encoding (as AdamW's). ``pf``: the prefetches to spread over the block
-/// (fp32 parameters; otherwise empty, the caller prefetching with prefetch_ahead).
-template <class P, int64_t MODE, bool STORE, bool STORE_U>
+/// (vector parameters; otherwise empty, the caller prefetching with prefetch_ahead).
+template <class P, int64_t MODE, bool STORE, bool STORE_U, class PF>
 void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_RESTRICT cm,
                   uint8_t* LRS_RESTRICT cv, const master_t<MODE>* LRS_RESTRICT mst, float* LRS_RESTRICT u_out,
                   int64_t s, int64_t len, float* LRS_RESTRICT scale_m, float* LRS_RESTRICT scale_v,
                   const LambCoeffs<float> c, QBlockBuf* LRS_RESTRICT buf, double* LRS_RESTRICT acc_w,
-                  double* LRS_RESTRICT acc_u, GnormAcc* gn, const SpreadPrefetch& pf) {
-  constexpr bool float_grads = std::is_same<P, float>::value;
+                  double* LRS_RESTRICT acc_u, GnormAcc* gn, const PF& pf) {
+  constexpr bool vec = vector_params<P, MODE, false>();  // (stage 1 stores no parameter)
   float* LRS_RESTRICT mb = buf->m;
   float* LRS_RESTRICT rb = buf->r;
   // the codes: written in place when they are stored, else kept in the buffer
@@ -251,13 +255,12 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
   uint8_t* bv = STORE ? cv + s : buf->cv;
   const float dm0 = q_step_m(*scale_m), dv0 = q_step_v(*scale_v);
   uint32_t xm = 0, xv = 0;
-  // fp32 parameters (never with master weights): the moment loop also sums the gradient-norm and the w lanes
-  static_assert(!float_grads || MODE == layout::MASTER_NONE, "fp32 parameters have no master weights");
-  if constexpr (float_grads) {
-    const float* gf = reinterpret_cast<const float*>(g);
-    const float* pp = reinterpret_cast<const float*>(p);
-    if (gn) lamb_q_moments_f32<true>(gf, pp, cm, cv, mb, rb, buf->pd, s, len, dm0, dv0, c, gn, acc_w, xm, xv);
-    else lamb_q_moments_f32<false>(gf, pp, cm, cv, mb, rb, buf->pd, s, len, dm0, dv0, c, nullptr, acc_w, xm, xv);
+  // vector parameters (vector_params): the moment loop also sums the gradient-norm and the w lanes
+  if constexpr (vec) {
+    if (gn)
+      lamb_q_moments_vec<P, MODE, true>(g, p, mst, cm, cv, mb, rb, buf->pd, s, len, dm0, dv0, c, gn, acc_w, xm, xv);
+    else
+      lamb_q_moments_vec<P, MODE, false>(g, p, mst, cm, cv, mb, rb, buf->pd, s, len, dm0, dv0, c, gn, acc_w, xm, xv);
   } else {
     for (int64_t j = 0; j < len; ++j) {
       const int64_t x = s + j;
@@ -274,9 +277,9 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
   }
   const float sm = f32_from_bits(xm), sv = f32_from_bits(xv);
   const float qm = q_recip_m(sm), qv = q_recip_v(sv);
-  if constexpr (float_grads) {
+  if constexpr (vec) {
     float* uo = STORE_U ? u_out + s : nullptr;
-    const bool done = lamb_q_encode_u_f32<STORE_U>(buf->pd, mb, rb, len, sm, sv, qm, qv, bm, bv, uo, c, acc_u, pf);
+    const bool done = lamb_q_encode_u<STORE_U>(buf->pd, mb, rb, len, sm, sv, qm, qv, bm, bv, uo, c, acc_u, pf);
     if (done) {
       if constexpr (STORE) {
         *scale_m = sm;
@@ -286,7 +289,7 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
     }
   }
   prefetch_rest(pf, 0);  // (none issued on this path yet)
-  if (gn && !float_grads) {
+  if (gn && !vec) {
     encode_block<true>(mb, rb, len, sm, sv, qm, qv, bm, bv, buf->g, gn->sq, gn->ab);
   } else {
     encode_block(mb, rb, len, sm, sv, qm, qv, bm, bv);
@@ -307,7 +310,7 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
       ubuf[j] = uj;
       if constexpr (STORE_U) u_out[s + o + j] = uj;
     }
-    if constexpr (float_grads) {  // the w lanes are the moment loop's
+    if constexpr (vec) {  // the w lanes are the moment loop's
       const int64_t len16 = (sub + kLanes - 1) / kLanes * kLanes;
       for (int64_t j = sub; j < len16; ++j) ubuf[j] = 0.0f;
       add_squares(ubuf, len16, acc_u);
@@ -317,24 +320,25 @@ void lamb_q_pass1(const P* LRS_RESTRICT p, const P* LRS_RESTRICT g, int8_t* LRS_
   }
 }
 
-/// Stage 2 over one quantization block from the codes stage 1 stored. fp32 parameters: a native vector at a
-/// time (lamb_q_wu's operations in its order: the same bits), with the prefetches of ``pf`` spread over it.
-template <class P, int64_t MODE, bool SR>
+/// Stage 2 over one quantization block from the codes stage 1 stored. Vector parameters (vector_params): a
+/// native vector at a time, loaded and stored by kernel_param_vec.h (lamb_q_wu's operations in its order: the
+/// same bits), with the prefetches of ``pf`` spread over it.
+template <class P, int64_t MODE, bool SR, class PF>
 void lamb_q_pass2(P* LRS_RESTRICT p, const int8_t* LRS_RESTRICT cm, const uint8_t* LRS_RESTRICT cv,
                   master_t<MODE>* LRS_RESTRICT mst, int64_t s, int64_t len, float scale_m, float scale_v,
-                  const LambCoeffs<float> c, const float lr_ratio, const Seeds sd, const SpreadPrefetch& pf) {
+                  const LambCoeffs<float> c, const float lr_ratio, const Seeds sd, const PF& pf) {
   const float dm = q_step_m(scale_m), dv = q_step_v(scale_v);
   int64_t j = 0;
-  if constexpr (std::is_same<P, float>::value) {
+  if constexpr (vector_params<P, MODE, SR>()) {
     for (; j + kLanes <= len; j += kLanes) {
       prefetch_group(pf, j);
       for (int q = 0; q < kParts; ++q) {
         const int64_t x = s + j + q * kVec;
         const vf md = load_codes_vf(cm + x) * dm, rd = load_codes_vf(cv + x) * dv;
         const vf dir = (md * c.inv_bc1) / (rd * c.inv_bc2_sqrt + c.eps);
-        const vf pj = load_vf(p + x);
+        const vf pj = param_load_vf<P, MODE>(p, mst, x);
         const vf w = pj * c.w_scale, u = dir + c.u_decay * pj;
-        store_vf(p + x, w - lr_ratio * u);
+        param_store_vf<P, MODE>(p, mst, x, w - lr_ratio * u);
       }
     }
     prefetch_rest(pf, j);

@@ -36,8 +36,9 @@ struct Lamb {
         if constexpr (Q) {
           QBlockBuf buf;
           for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
-            SpreadPrefetch pf;  // fp32 parameters: spread over the block (lamb_q_pass1); else all at once
-            if constexpr (std::is_same<P, float>::value) pf = spread_prefetch(t, s, len, tt.numel[i], w.prefetch);
+            // vector parameters: spread over the block (lamb_q_pass1); else all at once
+            decltype(spread_prefetch(t, s, len, tt.numel[i], false)) pf;
+            if constexpr (vector_params<P, MODE, false>()) pf = spread_prefetch(t, s, len, tt.numel[i], w.prefetch);
             else prefetch_ahead(t, s, len, tt.numel[i], w.prefetch);
             float* sm = t.sm + j;
             float* sv = t.sv + j;
@@ -106,8 +107,8 @@ struct Lamb {
     } else if constexpr (Q) {
       for (int64_t k = kb; k < kend; ++k)
         for_blocks(w, i, k, [&](int64_t j, int64_t s, int64_t len) {
-          SpreadPrefetch pf;  // fp32 parameters: p and the codes ahead, within this chunk
-          if constexpr (std::is_same<P, float>::value) {
+          decltype(spread_prefetch(t, s, len, e, false)) pf;  // vector loops: p and the codes ahead, within this chunk
+          if constexpr (vector_params<P, MODE, SR>()) {
             pf = spread_prefetch(t, s, len, e, w.prefetch);
             pf.g = nullptr;
           }

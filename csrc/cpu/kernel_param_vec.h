@@ -18,12 +18,19 @@ LRS_VINLINE vu bf16_bits_rne(vf x) {
   return x != x ? vu{} + 0x7FC0u : rounded;
 }
 
-/// Stores kVec 16-bit values held in the low halves of 32-bit lanes (each < 2**16).
+/// Stores kVec 16-bit values held in the low halves of 32-bit lanes (each < 2**16; an unsigned saturating
+/// pack on AVX2, exact in range).
 template <class H>
 LRS_VINLINE void store_low16(H* LRS_RESTRICT dst, vu x) {
   static_assert(sizeof(H) == 2, "16-bit storage");
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  const __m256i w = reinterpret_cast<__m256i>(x);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
+                   _mm_packus_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+#else
   const vh h = __builtin_convertvector(x, vh);
   __builtin_memcpy(dst, &h, sizeof h);
+#endif
 }
 
 /// Finite lanes of x (exponent not all ones), as a lane mask.
@@ -37,13 +44,28 @@ LRS_VINLINE vf compact_decode_vf(const bf16* LRS_RESTRICT p, vi c) {
   return reinterpret_cast<vf>((__builtin_convertvector(h, vu) << 16) + reinterpret_cast<vu>(c * (1 << K)));
 }
 
-/// kVec int8 / int16 corrections widened to int32.
+/// kVec int8 / int16 corrections widened to int32 (one sign-extending load on AVX-512 and AVX2: GCC 12
+/// lowers the generic int8 conversion an element at a time).
 template <class C>
 LRS_VINLINE vi load_corr(const C* LRS_RESTRICT src) {
+  static_assert(std::is_same<C, int8_t>::value || std::is_same<C, int16_t>::value, "int8 / int16 corrections");
+  constexpr bool is8 = std::is_same<C, int8_t>::value;
+#if defined(__AVX512F__)
+  if constexpr (is8)
+    return reinterpret_cast<vi>(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+  else
+    return reinterpret_cast<vi>(_mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))));
+#elif defined(__AVX2__)
+  if constexpr (is8)
+    return reinterpret_cast<vi>(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src))));
+  else
+    return reinterpret_cast<vi>(_mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+#else
   typedef C vc __attribute__((vector_size(kVec * sizeof(C))));
   vc c;
   __builtin_memcpy(&c, src, sizeof c);
   return __builtin_convertvector(c, vi);
+#endif
 }
 
 /// quant.h compact_encode for bf16, lane by lane: the parameter's bits (rne16 of the master, low halves) and
@@ -70,12 +92,23 @@ LRS_VINLINE void compact_encode_vf(vf master, vu& pbits, vi& code) {
   code = finite_mask(master) ? code : vi{};
 }
 
-/// Stores kVec int8 / int16 corrections (in range).
+/// Stores kVec int8 / int16 corrections (in range; int8 through store_codes, int16 by a saturating pack on
+/// AVX2, exact in range).
 template <class C>
 LRS_VINLINE void store_corr(C* LRS_RESTRICT dst, vi c) {
-  typedef C vc __attribute__((vector_size(kVec * sizeof(C))));
-  const vc out = __builtin_convertvector(c, vc);
-  __builtin_memcpy(dst, &out, sizeof out);
+  if constexpr (std::is_same<C, int8_t>::value) {
+    store_codes(dst, c);
+  } else {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    const __m256i w = reinterpret_cast<__m256i>(c);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
+                     _mm_packs_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+#else
+    typedef C vc __attribute__((vector_size(kVec * sizeof(C))));
+    const vc out = __builtin_convertvector(c, vc);
+    __builtin_memcpy(dst, &out, sizeof out);
+#endif
+  }
 }
 
 /// param_load of elements [x, x + kVec): fp32 parameters, or bf16 ones by master mode.
@@ -113,12 +146,13 @@ LRS_VINLINE void param_store_vf(P* LRS_RESTRICT p, master_t<MODE>* LRS_RESTRICT 
   }
 }
 
-/// Whether the int8-moment kernels take the vector loops for (P, master mode) without stochastic rounding:
-/// fp32 parameters, and bf16 ones in every master mode on AVX2 and AVX-512 (on the SSE2 baseline, whose
-/// 16-bit lanes GCC narrows and widens an element at a time, they made the bf16 AdamW step 20% slower than
-/// the per-element loop; Xeon, 2026-12-06).
+/// Whether the int8-moment kernels' loops on native vectors of parameters take (P, master mode) without
+/// stochastic rounding: fp32 parameters, and bf16 ones in every master mode on AVX2 and AVX-512 (on the
+/// SSE2 baseline, whose 16-bit lanes GCC narrows and widens an element at a time, they made the bf16 int8
+/// AdamW step 20% slower than the per-element loop; Xeon, 2026-12-07). (LAMB's update from a stored u stays
+/// per element: GCC vectorizes that loop itself, and a vector version was 3-7% slower.)
 template <class P, int64_t MODE, bool SR>
-constexpr bool q8_vector_params() {
+constexpr bool vector_params() {
   if constexpr (SR) return false;
   else if constexpr (std::is_same<P, float>::value) return MODE == layout::MASTER_NONE;
   else return std::is_same<P, bf16>::value && kVec >= 8;
