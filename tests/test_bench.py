@@ -332,6 +332,31 @@ def test_memory_table_measures_the_configurations(capsys):
 
 @pytest.mark.cpu_ext
 @pytest.mark.skipif(not have_backend("cpu"), reason="the C++ extension is not built")
+def test_storage_speed_times_every_configuration_against_torch_fused(tmp_path, capsys):
+    """bench.storage_speed: one row per (op, configuration of bench.memory) plus torch fused AdamW per
+    parameter dtype, each peer's ratio exactly 1, the state bytes from state_bytes(), rows in the CSV."""
+    from bench import memory, storage_speed
+
+    csv_path = tmp_path / "speed.csv"
+    storage_speed.main(["--params", "40K", "--tensors", "2", "--threads", "1", "--repeats", "2", "--warmup", "1",
+                        "--csv", str(csv_path)])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith(("adamw ", "lamb "))]
+    assert len(lines) == 2 * (len(memory.CONFIGS) + 2)
+    with csv_path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(lines)
+    peers = [r for r in rows if r["configuration"].startswith("torch fused AdamW")]
+    assert len(peers) == 4 and all(float(r["ratio_vs_torch_fused"]) == 1.0 for r in peers)
+    compact = next(r for r in rows if r["op"] == "adamw" and r["configuration"] ==
+                   "bf16 params + compact8 masters, int8 moments")
+    assert 5.0 < float(compact["state_bytes_per_param"]) < 5.2
+    assert float(compact["adamw_moved_bytes_per_param"]) == pytest.approx(
+        2 * float(compact["state_bytes_per_param"]) + 2.0)
+
+
+@pytest.mark.cpu_ext
+@pytest.mark.skipif(not have_backend("cpu"), reason="the C++ extension is not built")
 def test_layouts_times_every_case_against_ours_contiguous(capsys):
     from bench import layouts
 
