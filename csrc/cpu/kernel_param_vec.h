@@ -18,17 +18,18 @@ LRS_VINLINE vu bf16_bits_rne(vf x) {
   return x != x ? vu{} + 0x7FC0u : rounded;
 }
 
-/// Stores kVec 16-bit values held in the low halves of 32-bit lanes (each < 2**16; an unsigned saturating
-/// pack on AVX2, exact in range).
+/// Stores kVec 32-bit lanes, each in the range of the 16-bit type H, as H (signed: int16; else bf16 bits
+/// < 2**16). AVX2 narrows with a saturating pack (exact in range); AVX-512 and the rest convert.
 template <class H>
-LRS_VINLINE void store_low16(H* LRS_RESTRICT dst, vu x) {
+LRS_VINLINE void store_narrow16(H* LRS_RESTRICT dst, vi x) {
   static_assert(sizeof(H) == 2, "16-bit storage");
 #if defined(__AVX2__) && !defined(__AVX512F__)
   const __m256i w = reinterpret_cast<__m256i>(x);
+  const __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
-                   _mm_packus_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+                   std::is_signed<H>::value ? _mm_packs_epi32(lo, hi) : _mm_packus_epi32(lo, hi));
 #else
-  const vh h = __builtin_convertvector(x, vh);
+  const vh h = __builtin_convertvector(reinterpret_cast<vu>(x), vh);
   __builtin_memcpy(dst, &h, sizeof h);
 #endif
 }
@@ -39,9 +40,7 @@ LRS_VINLINE vi finite_mask(vf x) { return (reinterpret_cast<vi>(x) & 0x7F800000)
 /// quant.h compact_decode for bf16: from_bits(bits(p) + c * 2**k), c the correction widened to int32.
 template <int K>
 LRS_VINLINE vf compact_decode_vf(const bf16* LRS_RESTRICT p, vi c) {
-  vh h;
-  __builtin_memcpy(&h, p, sizeof h);
-  return reinterpret_cast<vf>((__builtin_convertvector(h, vu) << 16) + reinterpret_cast<vu>(c * (1 << K)));
+  return reinterpret_cast<vf>(reinterpret_cast<vu>(load_vf(p)) + reinterpret_cast<vu>(c * (1 << K)));
 }
 
 /// kVec int8 / int16 corrections widened to int32 (one sign-extending load on AVX-512 and AVX2: GCC 12
@@ -92,23 +91,11 @@ LRS_VINLINE void compact_encode_vf(vf master, vu& pbits, vi& code) {
   code = finite_mask(master) ? code : vi{};
 }
 
-/// Stores kVec int8 / int16 corrections (in range; int8 through store_codes, int16 by a saturating pack on
-/// AVX2, exact in range).
+/// Stores kVec int8 / int16 corrections (in range).
 template <class C>
 LRS_VINLINE void store_corr(C* LRS_RESTRICT dst, vi c) {
-  if constexpr (std::is_same<C, int8_t>::value) {
-    store_codes(dst, c);
-  } else {
-#if defined(__AVX2__) && !defined(__AVX512F__)
-    const __m256i w = reinterpret_cast<__m256i>(c);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
-                     _mm_packs_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
-#else
-    typedef C vc __attribute__((vector_size(kVec * sizeof(C))));
-    const vc out = __builtin_convertvector(c, vc);
-    __builtin_memcpy(dst, &out, sizeof out);
-#endif
-  }
+  if constexpr (std::is_same<C, int8_t>::value) store_codes(dst, c);
+  else store_narrow16(dst, c);
 }
 
 /// param_load of elements [x, x + kVec): fp32 parameters, or bf16 ones by master mode.
@@ -133,15 +120,15 @@ LRS_VINLINE void param_store_vf(P* LRS_RESTRICT p, master_t<MODE>* LRS_RESTRICT 
   if constexpr (std::is_same<P, float>::value) {
     store_vf(p + x, value);
   } else if constexpr (MODE == layout::MASTER_NONE) {
-    store_low16(p + x, bf16_bits_rne(value));
+    store_narrow16(p + x, reinterpret_cast<vi>(bf16_bits_rne(value)));
   } else if constexpr (MODE == layout::MASTER_FP32) {
     store_vf(mst + x, value);
-    store_low16(p + x, bf16_bits_rne(value));
+    store_narrow16(p + x, reinterpret_cast<vi>(bf16_bits_rne(value)));
   } else {
     vu pbits;
     vi code;
     compact_encode_vf<MODE>(value, pbits, code);
-    store_low16(p + x, pbits);
+    store_narrow16(p + x, reinterpret_cast<vi>(pbits));
     store_corr(mst + x, code);
   }
 }
