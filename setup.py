@@ -30,7 +30,7 @@ import sysconfig
 import tempfile
 import warnings
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -254,8 +254,9 @@ def _extensions() -> list[Extension]:
 
 
 setup(
-    packages=["lrsched_fused", "lrsched_fused.kernels"] + [
-        "lrsched_fused." + p for p in ("schedules", "reference", "optim", "backends", "demo")],
+    # every package under lrsched_fused/ (a hand-written list once left four of them out of the wheel), and
+    # the top-level kernels/ installed as lrsched_fused.kernels
+    packages=find_packages(include=["lrsched_fused", "lrsched_fused.*"]) + ["lrsched_fused.kernels"],
     package_dir={"lrsched_fused": "lrsched_fused", "lrsched_fused.kernels": "kernels"},
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExt},
