@@ -23,3 +23,21 @@ binary layout of the tables) imports nothing and is safe to import without Trito
 ``_jit``               ``device_jit`` (``triton.jit`` with a fast path under the interpreter)
 =====================  ==================================================================================
 """
+
+if __name__ == "kernels":  # pragma: no cover (exercised in a subprocess by tests/test_packaging.py)
+    # Imported as a top-level package, not as lrsched_fused.kernels: the repository root is on sys.path
+    # (``python -m pytest`` or ``python -c`` run from a clone). This directory would then shadow an installed
+    # distribution of the same name, such as Hugging Face's ``kernels``, which transformers imports, and break
+    # it. Step aside for that package where one is installed; nothing of this project imports ``kernels``.
+    import importlib.machinery as _machinery
+    import importlib.util as _util
+    import os as _os
+    import sys as _sys
+
+    _here = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    _spec = _machinery.PathFinder.find_spec(
+        __name__, [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != _here])
+    if _spec is not None and _spec.loader is not None:
+        _module = _util.module_from_spec(_spec)
+        _sys.modules[__name__] = _module  # what ``import kernels`` returns once this module has run
+        _spec.loader.exec_module(_module)

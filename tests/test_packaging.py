@@ -98,3 +98,40 @@ def test_installed_wheel_imports_every_module(wheel, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     where, count = proc.stdout.split()
     assert Path(where).is_relative_to(target) and int(count) >= len(source_modules()) - 2  # less __init__, __main__
+
+
+def test_top_level_kernels_steps_aside_for_an_installed_package(tmp_path):
+    """From the repository root (on ``sys.path`` first), ``import kernels`` gives an installed distribution of
+    that name, not this repository's ``kernels/`` directory (which is ``lrsched_fused.kernels``)."""
+    fake = tmp_path / "site" / "kernels"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("MARK = 'installed'\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    script = ("import sys, kernels, lrsched_fused.kernels.layout as layout\n"
+              "assert sys.path[0] in ('', '.'), sys.path[0]\n"
+              "print(kernels.MARK, kernels.__file__, layout.__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    mark, where, layout = proc.stdout.split()
+    assert mark == "installed" and Path(where).is_relative_to(tmp_path) and layout == f"{PKG}.kernels.layout"
+
+
+def test_top_level_kernels_without_an_installed_package_is_this_directory(tmp_path):
+    """With no such distribution (an empty PYTHONPATH, the site directories cut), nothing changes."""
+    script = ("import sys; sys.path[:] = [p for p in sys.path if 'site-packages' not in p]\n"
+              "import kernels; print(kernels.__file__)\n")
+    proc = subprocess.run([sys.executable, "-S", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert Path(proc.stdout.strip()) == ROOT / "kernels" / "__init__.py"
+
+
+@pytest.mark.slow
+def test_transformers_trainer_imports_from_the_repository_root():
+    """transformers 5 imports Hugging Face's ``kernels``: from the root it once found this repository's."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    proc = subprocess.run([sys.executable, "-c", "from transformers import Trainer; print('ok')"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr

@@ -15,7 +15,6 @@ on a bias that trains towards 0), logged lrs as one vector over the steps, ``max
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -26,27 +25,18 @@ from lrsched_fused import FusedAdamW, schedules as S
 
 N, SAVE_AT = 12, 6  # optimizer steps; the checkpoint the resume starts from
 SCHED = S.wsd(peak_lr=1e-2, total_steps=N, warmup_steps=3, decay_steps=4, final_lr=1e-4)
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def import_trainer():
     """``transformers.Trainer`` and ``TrainingArguments``, or a skip.
 
-    transformers 5 imports the ``kernels`` distribution (Hugging Face's hub kernels). This repository's
-    top-level ``kernels/`` directory (installed as ``lrsched_fused.kernels``) shadows it whenever the
-    repository root is on ``sys.path``, as under ``python -m pytest`` run from the root, and ``from
-    transformers import Trainer`` then fails ("cannot import name 'CUDAProperties' from 'kernels'").
-    Import it once with the root off ``sys.path``; the real ``kernels`` then stays in ``sys.modules``.
+    (transformers 5 imports Hugging Face's ``kernels``; under ``python -m pytest`` from the root, this
+    repository's ``kernels/`` is found first and steps aside for it: tests/test_packaging.py.)
     """
     pytest.importorskip("accelerate")  # the Trainer needs it
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
-    try:
-        transformers = pytest.importorskip("transformers")
-        from transformers import Trainer, TrainerCallback, TrainingArguments
-        from transformers.trainer_callback import PrinterCallback
-    finally:
-        sys.path[:] = saved
+    transformers = pytest.importorskip("transformers")
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
     transformers.logging.set_verbosity_error()
 
     class QuietTrainer(Trainer):  # no log lines printed on stdout (disable_tqdm=True prints them)
