@@ -17,6 +17,11 @@ Fixed before the run:
 
     lrsched-fused demo --study --seed 2 --out study_s2 --no-progress
     python docs/experiments/replication_seeds_2_3.py study_s2
+
+Outcome (added after the run, 2026-12-07; the text above is unchanged): both hold. Worst held-out error
+1.75% for the multi-power law (cosine -1.75%, WSD 1-sqrt -0.42%, REX -0.02%; beta on its upper bound, 5) and
+1.98% for the annealing law with lambda fitted (cosine +0.29%, WSD 1-sqrt -0.87%, REX +1.98%); residuals
+1.01% each, 42 points (783 s). docs/schedule_science.md has the table.
 """
 import runpy
 import sys
