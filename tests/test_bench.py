@@ -365,3 +365,19 @@ def test_layouts_times_every_case_against_ours_contiguous(capsys):
     assert len(lines) == 5 and lines[0].startswith("| ours, contiguous |") and lines[0].endswith("| 1.00x |")
     with pytest.raises(SystemExit):
         layouts.main(["--repeats", "0"])
+
+
+def test_int8_sizes_times_adamw_and_lamb_per_tensor_size(tmp_path, capsys):
+    """bench.int8_sizes: one row per size, the total split into whole rows of 1024, the ratio of the medians."""
+    from bench import int8_sizes
+
+    csv_path = tmp_path / "sizes.csv"
+    int8_sizes.main(["--sizes", "2K,8K", "--params", "16K", "--threads", "1", "--repeats", "2", "--warmup", "1",
+                     "--csv", str(csv_path)])
+    out = capsys.readouterr().out
+    assert "LAMB / AdamW" in out
+    with csv_path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(int(r["tensor_elems"]), int(r["tensors"])) for r in rows] == [(2048, 8), (8192, 2)]
+    for r in rows:
+        assert float(r["lamb_over_adamw"]) == pytest.approx(float(r["lamb_ms"]) / float(r["adamw_ms"]))
