@@ -189,6 +189,34 @@ def test_predict_defaults_and_fitted_decay(tmp_path, capsys):
     assert "lambda 0.999" in printed  # the curves were made with 0.999
 
 
+def test_predict_prints_the_range_over_the_decays_the_fit_runs_cannot_reject(tmp_path, capsys):
+    """The annealing law's table has a range column (AnnealingLaw.profile): each row's prediction lies in its
+    range, and the range is the profile's own; the multi-power law has none."""
+    from lrsched_fused.predict import PROFILE_DECAYS, AnnealingLaw, read_curve
+
+    _, paths = _synthetic_curves(tmp_path)
+    cos = "cosine(peak_lr=2e-3, total_steps=400, warmup_steps=20)"
+    assert main(["predict", "--fit", *map(str, paths), "--schedule", cos]) == 0
+    printed = capsys.readouterr().out
+    assert "decays the fit runs cannot reject: lambda" in printed and "| range over lambda |" in printed
+    row = next(line for line in printed.splitlines() if line.startswith("| cosine("))
+    cells = [c.strip() for c in row.split("|")]
+    predicted, (lo, hi) = float(cells[4]), map(float, cells[5].split("-"))
+    assert lo <= predicted <= hi
+    runs = []
+    for path in paths:
+        c = read_curve(path)
+        steps, losses, _ = c.points("auto", 80)  # the default first fitted step: 20% of 400
+        runs.append((c.lrs, steps, losses))
+    decays = sorted({*PROFILE_DECAYS, 0.999})  # the profile's grid and the law's own decay
+    want = AnnealingLaw.profile(runs, decays=decays).predict_range(S.parse(cos), [400])
+    assert "is rejected" not in printed
+    # a fixed lambda the curves (made with 0.999) reject is said to be
+    assert main(["predict", "--fit", *map(str, paths), "--decay", "0.5", "--schedule", cos]) == 0
+    assert "the law's own lambda 0.5 is rejected" in capsys.readouterr().out
+    assert (lo, hi) == (round(float(want[0][0]), 4), round(float(want[1][0]), 4))
+
+
 def test_predict_a_decay_branch_of_the_stable_run(tmp_path, capsys):
     """A branch spec in text (``branch(...)``): predicted at its own end, at_step + decay_steps."""
     law, paths = _synthetic_curves(tmp_path)
@@ -217,7 +245,7 @@ def test_predict_with_the_multi_power_law(tmp_path, capsys):
     cos = "cosine(peak_lr=2e-3, total_steps=400, warmup_steps=20)"
     assert main(["predict", "--fit", *map(str, paths), "--law", "multi-power", "--schedule", cos]) == 0
     printed = capsys.readouterr().out
-    assert "sum_k d_k" in printed.splitlines()[0]
+    assert "sum_k d_k" in printed.splitlines()[0] and "range over lambda" not in printed
     row = next(line for line in printed.splitlines() if line.startswith("| cosine("))
     predicted = float(row.split("|")[4])
     assert predicted == pytest.approx(law.predict(S.parse(cos), [400])[0], rel=2e-3)

@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lrsched_fused import schedules as S
-from lrsched_fused.predict import AnnealingLaw, Curve, areas, cumulative_areas, lr_drops, read_curve, write_curve
+from lrsched_fused.predict import (PROFILE_DECAYS, AnnealingLaw, Curve, DecayProfile, areas, cumulative_areas, lr_drops,
+                                   profile_threshold, read_curve, write_curve)
 from lrsched_fused.schedules import Phase
 
 
@@ -164,6 +165,62 @@ def test_runs_may_be_given_as_lr_arrays_and_tensors():
     runs = synthetic_runs(0.002, every=40)
     as_arrays = [([s(t) for t in range(TOTAL)], torch.tensor(steps), torch.tensor(losses)) for s, steps, losses in runs]
     assert AnnealingLaw.fit(as_arrays) == AnnealingLaw.fit(runs)
+
+
+# -- the decay profile: does the fit pin lambda? ----------------------------------------------------------
+def test_profile_threshold_is_the_likelihood_ratio_bound():
+    # chi2 with 1 degree of freedom at 95% is 3.841458820694124 (tables); sigma ratio exp(chi2 / (2 n))
+    assert profile_threshold(42) == pytest.approx(math.exp(3.841458820694124 / 84), rel=1e-12)
+    assert profile_threshold(10, 0.99) == pytest.approx(math.exp(6.634896601021214 / 20), rel=1e-12)
+    assert profile_threshold(10**6) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_runs_with_two_decay_lengths_pin_the_decay():
+    """Curves of a law with decay 0.995 from a constant, a WSD and a cosine run (0.2% noise): the profile rejects
+    every decay of its grid but the neighbours of 0.995, so a held-out prediction's range is narrow (it leaves
+    out the noise and the other parameters: the best law is within 0.5% of the truth, not necessarily in it)."""
+    true = AnnealingLaw(L0=2.5, A=0.6, alpha=0.5, C=0.8, decay=0.995)
+    runs = synthetic_runs(0.002, 3, every=40, law=true)
+    prof = AnnealingLaw.profile(runs)
+    kept = [law.decay for law in prof.plausible()]
+    assert len(prof.laws) == len(PROFILE_DECAYS) and kept and all(0.99 < d < 0.998 for d in kept)
+    fine = AnnealingLaw.profile(runs, decays=list(np.linspace(0.99, 0.999, 19)))
+    assert [round(law.decay, 4) for law in fine.plausible()] == [0.995, 0.9955]
+    held = S.wsd(PEAK, TOTAL, WARM, decay_fraction=0.5, decay="1-sqrt")
+    lo, hi = fine.predict_range(held, [TOTAL])
+    truth = true.predict(held, [TOTAL])[0]
+    assert lo[0] <= fine.best.predict(held, [TOTAL])[0] <= hi[0] and hi[0] - lo[0] < 1e-3 * truth
+    assert fine.best.predict(held, [TOTAL])[0] == pytest.approx(truth, rel=5e-3)
+
+
+def test_runs_without_a_decay_reject_no_decay_and_leave_a_wide_range():
+    """A constant run has S2 = 0 at every decay: every decay fits as well, the profile keeps all of them, and a
+    cosine's predictions spread over them (the prediction is not pinned)."""
+    steps = np.arange(WARM, TOTAL + 1, 20)
+    const = S.wsd(PEAK, TOTAL, WARM, decay_steps=0)
+    prof = AnnealingLaw.profile([(const, steps, TRUE.predict(const, steps))], decays=[0.5, 0.9, 0.99, 0.999])
+    assert [law.decay for law in prof.plausible()] == [0.5, 0.9, 0.99, 0.999]
+    lo, hi = prof.predict_range(S.cosine(PEAK, TOTAL, WARM), [TOTAL])
+    assert lo[0] == pytest.approx(min(law.predict(S.cosine(PEAK, TOTAL, WARM), [TOTAL])[0] for law in prof.laws))
+    assert "lambda 0.5 to 0.999 kept at 95%: 4 of 4 fitted decays" in prof.describe()
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(decays=[]), "decays"), (dict(decays=[0.5, 1.0]), "decay"),
+                                          (dict(decays="0.9"), "decays")])
+def test_invalid_profile_options_raise_value_error(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        AnnealingLaw.profile(synthetic_runs(0.0, every=200), **kwargs)
+
+
+def test_a_profile_needs_fitted_laws_and_a_valid_level():
+    with pytest.raises(ValueError, match="from a fit"):
+        DecayProfile((TRUE,))
+    with pytest.raises(ValueError, match="at least one"):
+        DecayProfile(())
+    with pytest.raises(ValueError, match="level"):
+        profile_threshold(10, 1.0)
+    with pytest.raises(ValueError, match="points"):
+        profile_threshold(0)
 
 
 @pytest.mark.parametrize("runs, name", [

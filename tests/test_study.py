@@ -110,6 +110,26 @@ def test_the_refined_schedule_comes_from_the_constant_runs_l1_norms(study):
         assert r["mean"] == pytest.approx(np.mean(r["finals"])) and r["half_range"] >= 0
 
 
+def test_the_range_over_lambda_is_the_profiles_and_is_reported(study):
+    """Each prediction's range is the decay profile's over the decays it keeps (the grid, lambda 0.999 and the
+    fitted lambda among them); printed as a column and a sentence, saved with the profile in study.json."""
+    out, result, printed = study
+    prof = result.profile
+    assert {0.999, result.law_fitted_decay.decay} <= {law.decay for law in prof.laws}
+    assert all(law.points == result.law.points for law in prof.laws)
+    for p in result.predictions:
+        sched = next(r.schedule for r in result.runs if r.label == p["schedule"])
+        lo, hi = prof.predict_range(sched, [STEPS])
+        assert (p["range_lo"], p["range_hi"]) == (float(lo[0]), float(hi[0])) and p["range_lo"] <= p["range_hi"]
+        assert p["in_range"] == (p["range_lo"] <= p["actual"] <= p["range_hi"])
+        row = next(line for line in printed.splitlines() if line.startswith(f"| {p['schedule']} |"))
+        assert f" {p['range_lo']:.4f}-{p['range_hi']:.4f} |" in row
+    assert "| range over lambda |" in printed and "Range over lambda: " in printed
+    saved = json.loads((out / "study.json").read_text())["decay_profile"]
+    kept = {law.decay for law in prof.plausible()}
+    assert [(x["decay"], x["kept"]) for x in saved] == [(law.decay, law.decay in kept) for law in prof.laws]
+
+
 def test_study_writes_its_outputs_and_prints_its_tables(study):
     out, result, printed = study
     for name in ("study.md", "study.json", "study.png"):

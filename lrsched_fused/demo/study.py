@@ -37,7 +37,7 @@ import torch
 
 from lrsched_fused import FusedLAMB, __version__, param_groups
 from lrsched_fused import schedules as S
-from lrsched_fused.predict import AnnealingLaw, MultiPowerLaw, write_curve
+from lrsched_fused.predict import PROFILE_DECAYS, AnnealingLaw, DecayProfile, MultiPowerLaw, write_curve
 from lrsched_fused.schedules import Schedule
 
 from .data import BatchStream, load_corpus
@@ -130,6 +130,7 @@ class StudyResult:
     law: AnnealingLaw
     law_fitted_decay: AnnealingLaw
     law_multipower: MultiPowerLaw
+    profile: DecayProfile
     predictions: list[dict]
     refined: Schedule
     comparison: list[dict]
@@ -189,9 +190,9 @@ def _mean_points(runs: list[StudyRun], start: int) -> tuple[Schedule, np.ndarray
 
 
 def _prediction(runs: list[StudyRun], law: AnnealingLaw, law_fit: AnnealingLaw, steps: int,
-                mpl: MultiPowerLaw | None = None) -> dict:
-    """Predicted (lambda fixed and fitted; the multi-power law where given) against the seed-mean final validation
-    loss of one schedule's runs."""
+                mpl: MultiPowerLaw | None = None, profile: DecayProfile | None = None) -> dict:
+    """Predicted (lambda fixed and fitted; the multi-power law where given; the range over the decays the fit
+    runs cannot reject, with ``profile``) against the seed-mean final validation loss of one schedule's runs."""
     finals = [r.final for r in runs]
     actual, half = _spread(finals)
     row = {"schedule": runs[0].label, "actual": actual, "finals": finals, "half_range": half}
@@ -201,6 +202,10 @@ def _prediction(runs: list[StudyRun], law: AnnealingLaw, law_fit: AnnealingLaw, 
         pred = float(lw.predict(runs[0].schedule, [steps])[0])
         row[key] = pred
         row[f"{key}_error"] = pred / actual - 1.0
+    if profile is not None:
+        lo, hi = profile.predict_range(runs[0].schedule, [steps])
+        row["range_lo"], row["range_hi"] = float(lo[0]), float(hi[0])
+        row["in_range"] = bool(row["range_lo"] <= actual <= row["range_hi"])
     return row
 
 
@@ -248,6 +253,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
     law = AnnealingLaw.fit(points, decay=cfg.decay)
     law_fit = AnnealingLaw.fit(points, decay="fit")
     mpl = MultiPowerLaw.fit(points)
+    profile = AnnealingLaw.profile(points, decays=sorted({*PROFILE_DECAYS, law.decay, law_fit.decay}))
     held_runs = {label: [trainer.run(label, sched, s) for s in seeds] for label, sched in held_scheds}
 
     # 2. refine from the first fit run's l1 gradient norms (first seed); compare with WSD and cosine over the seeds
@@ -256,7 +262,8 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
     refined_runs = [trainer.run("refined", refined, s) for s in seeds]
     by = {(r.label, r.seed): r for r in trainer.runs}
 
-    predictions = [_prediction(runs, law, law_fit, h.steps, mpl) for runs in [*held_runs.values(), refined_runs]]
+    predictions = [_prediction(runs, law, law_fit, h.steps, mpl, profile)
+                   for runs in [*held_runs.values(), refined_runs]]
     single = _first_seed_alone(fit_runs, held_runs, start, cfg.decay, h.steps) if len(seeds) > 1 else None
     comparison = []
     for label in ("refined", fit_scheds[1][0], held_scheds[0][0]):
@@ -271,7 +278,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
         branches.append({"budget": budget, "at_step": budget - decay, "decay_steps": decay,
                          "predicted": float(law_fit.predict(sched, [budget])[0])})
 
-    text = "\n\n".join([prediction_table(predictions, law, law_fit, start, len(seeds), single, mpl),
+    text = "\n\n".join([prediction_table(predictions, law, law_fit, start, len(seeds), single, mpl, profile),
                         refinement_table(comparison, seeds, refined, cfg.smoothing), _branch_table(branches)])
     echo("")
     echo(text)
@@ -280,7 +287,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
               "demo": {k: v for k, v in asdict(demo).items() if k not in ("model", "hyper")},
               "model": asdict(demo.model), "hyper": asdict(h)}
     paths = [save_study(trainer.out / "study.json", config, trainer.runs, law, law_fit, predictions, comparison,
-                        branches, refined, single, mpl)]
+                        branches, refined, single, mpl, profile)]
     (trainer.out / "study.md").write_text(text + "\n")
     paths.insert(0, trainer.out / "study.md")
     try:
@@ -292,7 +299,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
     echo(f"wrote {', '.join(str(p) for p in paths)} and {len(trainer.runs)} curves in {trainer.out / 'curves'}  "
          f"({time.perf_counter() - t_start:.0f} s in all)")
     return StudyResult(runs=trainer.runs, law=law, law_fitted_decay=law_fit, law_multipower=mpl,
-                       predictions=predictions, refined=refined,
+                       profile=profile, predictions=predictions, refined=refined,
                        comparison=comparison, branches=branches, text=text, paths=paths)
 
 

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lrsched_fused.predict import AnnealingLaw, MultiPowerLaw
+from lrsched_fused.predict import AnnealingLaw, DecayProfile, MultiPowerLaw
 from lrsched_fused.schedules import Schedule
 
 #: a :class:`~lrsched_fused.demo.study.StudyRun` (not imported: :mod:`.study` imports this module)
@@ -18,24 +18,29 @@ __all__ = ["prediction_table", "refinement_table", "plot_study", "save_study", "
 
 
 def prediction_table(rows: Sequence[dict], law: AnnealingLaw, law_fit: AnnealingLaw, start: int, seeds: int = 1,
-                     single: dict | None = None, mpl: MultiPowerLaw | None = None) -> str:
-    """Final validation loss, predicted (lambda fixed and fitted; with ``mpl``, the multi-power law too) against
-    actual (the mean over ``seeds`` seeds, with half the range), per held-out schedule; ``single``: the largest
-    errors of the same fit and predictions from the first seed alone."""
+                     single: dict | None = None, mpl: MultiPowerLaw | None = None,
+                     profile: DecayProfile | None = None) -> str:
+    """Final validation loss, predicted (lambda fixed and fitted; with ``profile``, the range over the decays the
+    fit runs cannot reject; with ``mpl``, the multi-power law too) against actual (the mean over ``seeds`` seeds,
+    with half the range), per held-out schedule; ``single``: the largest errors of the same fit and predictions
+    from the first seed alone."""
     over = f"the mean of {seeds} seeds" if seeds > 1 else "one seed"
     lines = [f"Loss prediction: the annealing law fitted to the fit runs' validation losses at steps >= {start} "
              f"({over}), then the final validation loss of schedules it did not see ({over}):", "",
              f"  lambda fixed:  {law.describe()}", f"  lambda fitted: {law_fit.describe()}"]
     if mpl is not None:
         lines.append(f"  multi-power (Luo et al., arXiv 2503.12811): {mpl.describe()}")
+    ranged = " range over lambda |" if profile is not None else ""
     extra = " predicted (multi-power) | error |" if mpl is not None else ""
     lines += ["", f"| schedule | actual | +- (half range) | predicted (lambda {law.decay:g}) | error | "
-              f"predicted (lambda fitted) | error |{extra}", "|---|---:|---:|---:|---:|---:|---:|" +
-              ("---:|---:|" if mpl is not None else "")]
+              f"predicted (lambda fitted) | error |{ranged}{extra}", "|---|---:|---:|---:|---:|---:|---:|" +
+              ("---:|" if profile is not None else "") + ("---:|---:|" if mpl is not None else "")]
     for r in rows:
+        span = f" {r['range_lo']:.4f}-{r['range_hi']:.4f} |" if profile is not None else ""
         cells = f" {r['multipower']:.4f} | {100 * r['multipower_error']:+.2f}% |" if mpl is not None else ""
         lines.append(f"| {r['schedule']} | {r['actual']:.4f} | {r.get('half_range', 0.0):.4f} | {r['fixed']:.4f} | "
-                     f"{100 * r['fixed_error']:+.2f}% | {r['fitted']:.4f} | {100 * r['fitted_error']:+.2f}% |{cells}")
+                     f"{100 * r['fixed_error']:+.2f}% | {r['fitted']:.4f} | {100 * r['fitted_error']:+.2f}% |{span}"
+                     f"{cells}")
     held = [r for r in rows if r["schedule"] != "refined"]
     worst = {key: max(abs(r[f"{key}_error"]) for r in held)
              for key in ("fixed", "fitted", *(("multipower",) if mpl is not None else ()))}
@@ -46,6 +51,11 @@ def prediction_table(rows: Sequence[dict], law: AnnealingLaw, law_fit: Annealing
     if mpl is not None:
         lines[-1] += (f" The multi-power law: {100 * worst['multipower']:.2f}% (fit residual "
                       f"{100 * mpl.residual:.2f}%).")
+    if profile is not None:
+        inside = sum(r["in_range"] for r in held)
+        lines.append(f"Range over lambda: the lowest and highest prediction over the decays the fit runs cannot reject, "
+                     f"a lower bound on the prediction's uncertainty; {profile.describe()}. The measured loss lies in "
+                     f"it for {inside} of the {len(held)} held-out schedules.")
     if single is not None:
         lines.append(f"From seed {single['seed']} alone (fit and actual): {100 * single['fixed']:.2f}% with lambda "
                      f"{law.decay:g}, {100 * single['fitted']:.2f}% with lambda fitted ({single['decay_fitted']:.4g}).")
@@ -139,8 +149,11 @@ def _law(law: AnnealingLaw | MultiPowerLaw | None) -> dict | None:
 
 def save_study(path: str | Path, config: dict, runs: Sequence[StudyRun], law: AnnealingLaw, law_fit: AnnealingLaw,
                predictions: list, comparison: list, branches: list, refined: Schedule,
-               single_seed: dict | None = None, mpl: MultiPowerLaw | None = None) -> Path:
+               single_seed: dict | None = None, mpl: MultiPowerLaw | None = None,
+               profile: DecayProfile | None = None) -> Path:
+    kept = {x.decay for x in profile.plausible()} if profile is not None else set()
     data = {"config": config, "law": _law(law), "law_fitted_decay": _law(law_fit), "law_multipower": _law(mpl),
+            "decay_profile": None if profile is None else [{**_law(x), "kept": x.decay in kept} for x in profile.laws],
             "predictions": predictions,
             "single_seed": single_seed,
             "refinement": comparison, "branches": branches, "refined_schedule": refined.to_dict(),

@@ -7,7 +7,9 @@ compute (the annealing law of Tissue et al., arXiv 2408.11029), from a few runs'
 >>> float(law.predict(S.constant(1e-3), [1000])[0])  # S1 = 1.0, S2 = 0
 2.5
 
-``AnnealingLaw.fit(runs)`` fits it to ``(schedule, steps, losses)`` triples; :class:`MultiPowerLaw` (Luo et
+``AnnealingLaw.fit(runs)`` fits it to ``(schedule, steps, losses)`` triples, ``AnnealingLaw.profile(runs)`` at
+each of several decays (:class:`DecayProfile`: whether the runs pin lambda, and the range of predictions they
+leave); :class:`MultiPowerLaw` (Luo et
 al., arXiv 2503.12811) is the alternative law, with the same ``fit``/``predict``; curves are CSV files
 (:mod:`._curves`). The schedule refinement of Defazio et al. lives in :func:`lrsched_fused.schedules.refine`,
 decay branches in :meth:`lrsched_fused.schedules.Schedule.branch`. Layer: above ``schedules`` (it uses them
@@ -18,7 +20,8 @@ from ._areas import areas, cumulative_areas, lr_drops, lr_sequence
 from ._curves import COLUMNS, Curve, read_curve, write_curve
 from ._law import AnnealingLaw, Run
 from ._multipower import MultiPowerLaw, decay_benefit
+from ._profile import PROFILE_DECAYS, DecayProfile, profile_threshold
 from ._report import CurveFit, fit_curves
 
-__all__ = ["AnnealingLaw", "MultiPowerLaw", "decay_benefit", "Run", "areas", "cumulative_areas", "lr_sequence",
+__all__ = ["AnnealingLaw", "MultiPowerLaw", "decay_benefit", "DecayProfile", "PROFILE_DECAYS", "profile_threshold", "Run", "areas", "cumulative_areas", "lr_sequence",
            "lr_drops", "Curve", "read_curve", "write_curve", "COLUMNS", "fit_curves", "CurveFit"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from ._areas import _steps, areas, check_decay, cumulative_areas, lr_sequence
 from ._fit import fit_decay, fit_fixed_decay
+from ._profile import PROFILE_DECAYS, DecayProfile
 
 __all__ = ["AnnealingLaw", "Run"]
 
@@ -115,6 +116,17 @@ class AnnealingLaw:
             f = fit_fixed_decay(*areas_for(lam), obs, lam, float(delta))
         return cls(L0=f.L0, A=f.A, alpha=f.alpha, C=f.C, decay=f.decay, residual=f.rms, max_residual=f.max_abs,
                    points=int(obs.size))
+
+    @classmethod
+    def profile(cls, runs: Sequence[Run], *, decays: Sequence[float] = PROFILE_DECAYS,
+                delta: float = 1e-3) -> DecayProfile:
+        """The law fitted to ``runs`` at each fixed decay of ``decays`` (default: 15 from 0.5 to 0.9999). The
+        :class:`DecayProfile` says which decays the runs cannot reject and what range of predictions those
+        leave (:mod:`._profile`): where ``fit(runs, decay="fit")`` returns one lambda, this shows whether the
+        runs chose it."""
+        if isinstance(decays, (str, bytes)) or not isinstance(decays, Sequence) or not decays:
+            raise ValueError("decays must be a non-empty sequence of numbers in [0, 1)")
+        return DecayProfile(tuple(cls.fit(runs, decay=check_decay(d), delta=delta) for d in decays))
 
     def areas(self, schedule: Any, steps: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(S1, S2)`` at ``steps`` (updates applied) with this law's ``decay``."""

@@ -12,6 +12,7 @@ import numpy as np
 from ._curves import Curve, read_curve
 from ._law import AnnealingLaw
 from ._multipower import MultiPowerLaw
+from ._profile import PROFILE_DECAYS, DecayProfile
 
 __all__ = ["CurveFit", "fit_curves", "default_steps", "prediction_rows", "format_predictions", "plot_predictions"]
 
@@ -28,13 +29,15 @@ class CurveFit:
     law: AnnealingLaw | MultiPowerLaw
     curves: list[Curve]
     points: list[tuple[np.ndarray, np.ndarray, str]]  # (steps, losses, kind) per curve
+    profile: DecayProfile | None = None  # the annealing law at each decay (AnnealingLaw.profile)
 
 
 def fit_curves(paths: Sequence[str | Path], *, which: str = "auto", from_step: int | None = None,
                decay: float | str = 0.999, law: str = "annealing") -> CurveFit:
     """Read the curve files and fit the law to their losses at steps ``>= from_step`` (default 20% of each
     curve's steps); each run's schedule is its lr column, used as it is. ``law``: ``"annealing"``
-    (:class:`AnnealingLaw`, with ``decay``) or ``"multi-power"`` (:class:`MultiPowerLaw`; ``decay`` unused)."""
+    (:class:`AnnealingLaw`, with ``decay``; also its :class:`DecayProfile`) or ``"multi-power"``
+    (:class:`MultiPowerLaw`; ``decay`` unused)."""
     if law not in LAWS:
         raise ValueError(f"law must be one of {', '.join(LAWS)}; got {law!r}")
     if not paths:
@@ -43,8 +46,11 @@ def fit_curves(paths: Sequence[str | Path], *, which: str = "auto", from_step: i
     points = [c.points(which, from_step if from_step is not None else max(1, int(FIT_START * c.steps)))
               for c in curves]
     runs = [(c.lrs, s, v) for c, (s, v, _) in zip(curves, points)]
-    fitted = AnnealingLaw.fit(runs, decay=decay) if law == "annealing" else MultiPowerLaw.fit(runs)
-    return CurveFit(law=fitted, curves=curves, points=points)
+    if law == "annealing":
+        fitted = AnnealingLaw.fit(runs, decay=decay)
+        decays = sorted({*PROFILE_DECAYS, fitted.decay})  # the law's own decay is one of the profile's
+        return CurveFit(law=fitted, curves=curves, points=points, profile=AnnealingLaw.profile(runs, decays=decays))
+    return CurveFit(law=MultiPowerLaw.fit(runs), curves=curves, points=points)
 
 
 def default_steps(schedule: Any, curves: Sequence[Curve]) -> int:
@@ -54,26 +60,43 @@ def default_steps(schedule: Any, curves: Sequence[Curve]) -> int:
 
 
 def prediction_rows(fit: CurveFit, schedules: Sequence[Any], steps: int | None) -> list[dict]:
+    """One row per fit curve and per schedule; ``range``: the lowest and highest prediction over the decays the
+    fit runs cannot reject (``fit.profile``), or None."""
+    def spread(lrs_or_schedule: Any, n: int) -> tuple[float, float] | None:
+        if fit.profile is None:
+            return None
+        lo, hi = fit.profile.predict_range(lrs_or_schedule, [n])
+        return float(lo[0]), float(hi[0])
+
     rows = []
     for c, (s, v, kind) in zip(fit.curves, fit.points):
         end = int(s[-1])
         rows.append({"name": Path(c.source).name, "kind": f"fit ({kind})", "steps": end,
-                     "predicted": float(fit.law.predict(c.lrs, [end])[0]), "actual": float(v[-1])})
+                     "predicted": float(fit.law.predict(c.lrs, [end])[0]), "actual": float(v[-1]),
+                     "range": spread(c.lrs, end)})
     for sched in schedules:
         n = steps if steps is not None else default_steps(sched, fit.curves)
         rows.append({"name": repr(sched), "kind": "predicted", "steps": n,
-                     "predicted": float(fit.law.predict(sched, [n])[0]), "actual": None})
+                     "predicted": float(fit.law.predict(sched, [n])[0]), "actual": None, "range": spread(sched, n)})
     return rows
 
 
 def format_predictions(fit: CurveFit, rows: Sequence[dict]) -> str:
     law = fit.law
-    lines = [law.describe(), "",
-             "| run or schedule | role | steps | predicted final loss | measured | error |", "|---|---|---:|---:|---:|---:|"]
+    ranged = fit.profile is not None
+    lines = [law.describe()]
+    if ranged:
+        rejected = all(k.decay != law.decay for k in fit.profile.plausible())
+        lines.append(f"decays the fit runs cannot reject: {fit.profile.describe()}; the range column is the lowest "
+                     "and highest prediction over them (a lower bound on the prediction's uncertainty)" +
+                     (f"; the law's own lambda {law.decay:.6g} is rejected" if rejected else ""))
+    lines += ["", "| run or schedule | role | steps | predicted final loss |" + (" range over lambda |" if ranged else "")
+              + " measured | error |", "|---|---|---:|---:|" + ("---:|" if ranged else "") + "---:|---:|"]
     for r in rows:
         actual = "" if r["actual"] is None else f"{r['actual']:.4f}"
         err = "" if r["actual"] is None else f"{100 * (r['predicted'] / r['actual'] - 1):+.2f}%"
-        lines.append(f"| {r['name']} | {r['kind']} | {r['steps']} | {r['predicted']:.4f} | {actual} | {err} |")
+        span = f" {r['range'][0]:.4f}-{r['range'][1]:.4f} |" if ranged else ""
+        lines.append(f"| {r['name']} | {r['kind']} | {r['steps']} | {r['predicted']:.4f} |{span} {actual} | {err} |")
     return "\n".join(lines)
 
 
