@@ -14,13 +14,12 @@ each step, the ratio of the medians. ``bench/RESULTS.md`` (2026-12-07, later) ha
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from lrsched_fused import FusedAdamW, FusedLAMB
 
-from .report import append_csv, machine_info
+from .report import machine_info, print_rows
 from .timing import interleaved, summarize
 from .workloads import human, parse_count
 
@@ -90,10 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [measure(size, args.params, args.threads, args.repeats, args.warmup) for size in args.sizes]
     print(f"~{human(args.params)} fp32 params per size, int8 moments, {args.threads} threads, {args.repeats} "
           f"interleaved rounds after {args.warmup} warm-up")
-    print(table(rows))
-    if args.csv:
-        append_csv(Path(args.csv), rows, COLUMNS)
-        print(f"{len(rows)} rows appended to {args.csv}")
+    print_rows(table(rows), rows, args.csv, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ the int8 rows carry them at their small share. The optimizer is AdamW; LAMB keep
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from lrsched_fused import FusedAdamW
 
-from .report import append_csv
+from .report import print_rows
 
 #: (name, parameter dtype, FusedAdamW storage options)
 CONFIGS = [
@@ -77,10 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rows = measure(args.rows, args.cols, args.layers, args.backend)
     print(f"bytes per parameter, measured by optimizer.state_bytes() ({rows[0]['numel']:,} parameters)")
-    print(markdown(rows))
-    if args.csv:
-        append_csv(Path(args.csv), rows, COLUMNS)
-        print(f"{len(rows)} rows appended to {args.csv}")
+    print_rows(markdown(rows), rows, args.csv, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from .impls import PEERS_FOR_RATIOS, Impl, Runner
 from .timing import Stats
 from .workloads import Case, human
 
-__all__ = ["COLUMNS", "case_rows", "legend", "append_csv", "print_case_table", "markdown_case_table", "machine_info"]
+__all__ = ["COLUMNS", "case_rows", "legend", "append_csv", "print_rows", "print_case_table", "markdown_case_table",
+           "machine_info"]
 
 COLUMNS: tuple[str, ...] = (
     "run_id", "timestamp", "op", "implementation", "label", "params", "tensors", "layout", "dtype", "state_dtype",
@@ -58,6 +59,14 @@ def case_rows(case: Case, impls: list[Impl], runners: dict[str, Runner], stats: 
             row[f"ratio_vs_{col}"] = round(st.median_ms / stats[key].median_ms, 4) if key in stats else ""
         rows.append(row)
     return rows
+
+
+def print_rows(text: str, rows: list[dict], csv_path: str | None, columns: Iterable[str]) -> None:
+    """Print ``text`` (a benchmark's table); with ``csv_path``, also append ``rows`` there and say so."""
+    print(text)
+    if csv_path:
+        append_csv(Path(csv_path), rows, columns)
+        print(f"{len(rows)} rows appended to {csv_path}")
 
 
 def append_csv(path: Path, rows: Iterable[dict], columns: Iterable[str] = COLUMNS) -> None:

@@ -15,14 +15,13 @@ dtype). ``bench/RESULTS.md`` (2026-12-07) has a recorded run.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from lrsched_fused import FusedAdamW, FusedLAMB
 
 from .memory import CONFIGS
-from .report import append_csv, machine_info
+from .report import machine_info, print_rows
 from .timing import interleaved, summarize
 from .workloads import parse_count
 
@@ -126,10 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += measure(op, args.params, args.tensors, args.threads, args.repeats, args.warmup)
     print(f"{rows[0]['params']:,} params as {args.tensors} tensors of {WIDTH} columns, {args.threads} threads, "
           f"{args.repeats} interleaved rounds after {args.warmup} warm-up")
-    print(table(rows))
-    if args.csv:
-        append_csv(Path(args.csv), rows, COLUMNS)
-        print(f"{len(rows)} rows appended to {args.csv}")
+    print_rows(table(rows), rows, args.csv, COLUMNS)
 
 
 if __name__ == "__main__":
