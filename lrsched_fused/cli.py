@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "schedules, refine a schedule from gradient norms and compare it over seeds "
                            "(docs/schedule_science.md); writes study.md, study.png, study.json, curves/")
     demo.add_argument("--seeds", type=int, default=2, help="with --study: seeds of every run (fit, held-out, refined; default 2)")
+    demo.add_argument("--third-fit-run", action="store_true",
+                      help="with --study: also fit to a WSD run with a longer linear decay (50%% of the run by default), "
+                           "so that the fit sees two decay lengths and pins the annealing law's decay")
 
     pred = sub.add_parser("predict", help="fit the annealing law to loss curves and predict schedules' losses",
                           description="Fit L(s) = L0 + A*S1^-alpha - C*S2 (Tissue et al., arXiv 2408.11029) to loss "
@@ -234,6 +237,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                   seed=args.seed, progress=not args.no_progress,
                   batch_size=cfg.batch_size if args.batch_size is None else args.batch_size,
                   distributed=args.distributed, threads=args.threads, compare=args.compare)
+    if args.third_fit_run and not args.study:
+        raise ValueError("--third-fit-run belongs to the schedule study: add --study")
     if args.study:
         from lrsched_fused.demo.study import StudyConfig, run_study
 
@@ -241,7 +246,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise ValueError("--study runs in one process: it takes neither --distributed nor --compare")
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1; got {args.seeds}")
-        run_study(StudyConfig(demo=cfg, seeds=args.seeds))
+        run_study(StudyConfig(demo=cfg, seeds=args.seeds, third_fit_run=args.third_fit_run))
         return 0
     result = run_demo(cfg)
     return 0 if result.matches else 1

@@ -293,3 +293,5 @@ def test_demo_study_rejects_distributed_and_bad_seeds(tmp_path, capsys):
     assert "--study" in capsys.readouterr().err
     assert main(["demo", "--study", "--seeds", "0", "--out", str(tmp_path)]) == 2
     assert "--seeds" in capsys.readouterr().err
+    assert main(["demo", "--third-fit-run", "--out", str(tmp_path)]) == 2  # a study option without --study
+    assert "--third-fit-run" in capsys.readouterr().err

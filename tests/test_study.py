@@ -16,7 +16,7 @@ from lrsched_fused import schedules as S
 from lrsched_fused.demo.model import ModelConfig
 from lrsched_fused.demo.recipes import Hyper
 from lrsched_fused.demo.run import DemoConfig
-from lrsched_fused.demo.study import StudyConfig, run_study, study_schedules
+from lrsched_fused.demo.study import StudyConfig, long_decay_fraction, run_study, study_schedules
 from lrsched_fused.predict import AnnealingLaw, MultiPowerLaw, fit_curves, read_curve
 
 pytest.importorskip("matplotlib")
@@ -128,6 +128,29 @@ def test_the_range_over_lambda_is_the_profiles_and_is_reported(study):
     saved = json.loads((out / "study.json").read_text())["decay_profile"]
     kept = {law.decay for law in prof.plausible()}
     assert [(x["decay"], x["kept"]) for x in saved] == [(law.decay, law.decay in kept) for law in prof.laws]
+
+
+def test_the_third_fit_run_decays_longer_and_joins_the_fit():
+    h = Hyper(steps=STEPS, warmup=WARMUP, decay_fraction=0.2)
+    fit, held = study_schedules(h, third_fit_run=True)
+    assert [label for label, _ in fit] == ["constant", "WSD linear", "WSD linear 50%"] and len(held) == 3
+    assert fit[2][1] == S.wsd(peak_lr=h.lamb_lr, total_steps=STEPS, warmup_steps=WARMUP, decay_fraction=0.5)
+    assert study_schedules(h)[0] == fit[:2]
+    assert long_decay_fraction(0.3) == 0.75 and long_decay_fraction(0.6) == 0.9
+    with pytest.raises(ValueError, match="decay_fraction"):
+        study_schedules(replace(h, decay_fraction=0.88), third_fit_run=True)
+    with pytest.raises(ValueError, match="third_fit_run"):
+        StudyConfig(third_fit_run=1)
+
+
+@pytest.mark.slow
+def test_a_study_with_a_third_fit_run_fits_all_three(tmp_path):
+    lines: list[str] = []
+    result = run_study(tiny_study(tmp_path, seeds=1, third_fit_run=True), echo=lines.append)
+    labels = [r.label for r in result.runs]
+    assert labels[:3] == ["constant", "WSD linear", "WSD linear 50%"] and len(labels) == 7
+    assert result.law.points == 3 * len(range(4, STEPS + 1, 2))
+    assert all(law.points == result.law.points for law in result.profile.laws)
 
 
 def test_study_writes_its_outputs_and_prints_its_tables(study):

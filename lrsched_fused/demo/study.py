@@ -10,7 +10,10 @@ unchanged):
    with the decay ``lambda`` fixed (0.999) and fitted. The law describes the expected loss: at the demo's scale
    two seeds' final losses differ by ~1.3%, most of a 2% error budget, so one seed would measure its noise. The
    first seed's fit and errors alone are reported too. The multi-power law (Luo et al., arXiv 2503.12811;
-   :class:`~lrsched_fused.predict.MultiPowerLaw`) is fitted to the same points and reported beside it.
+   :class:`~lrsched_fused.predict.MultiPowerLaw`) is fitted to the same points and reported beside it, and
+   each prediction's range over the decays the fit runs cannot reject (``AnnealingLaw.profile``).
+   ``third_fit_run`` adds a third fit schedule, WSD with a longer linear decay: two decay lengths pin the
+   decay, which the two default fit runs do not.
 2. **Refinement.** Refine a schedule from the first fit run's per-step gradient norms (Defazio et al., arXiv
    2310.07831; :func:`lrsched_fused.schedules.refine`, Adam variant: l1 norms), train it and compare it with
    WSD and cosine over ``seeds`` seeds (mean and spread). The law's prediction for it is reported too.
@@ -48,7 +51,7 @@ from .run import DemoConfig, _progress_bar
 from .study_report import mean_validation, plot_study, prediction_table, refinement_table, save_study
 from .train import RunResult, train
 
-__all__ = ["StudyConfig", "StudyRun", "StudyResult", "run_study", "study_schedules"]
+__all__ = ["StudyConfig", "StudyRun", "StudyResult", "run_study", "study_schedules", "long_decay_fraction"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class StudyConfig:
     ``eval_every``: validation every this many steps (default ``steps // 25``, at least 1). ``fit_start``: the
     law is fitted to the validation losses at steps ``>= fit_start * steps`` (the early, fast-falling part of
     a short run is not what the law describes). ``smoothing``: ``tau`` of the refinement's median filter.
+    ``third_fit_run``: also fit to a WSD run that decays linearly over a longer tail (:func:`study_schedules`),
+    so that the fit sees two decay lengths: with one, the fit runs do not pin the annealing law's decay
+    (``AnnealingLaw.profile``; ``docs/schedule_science.md``).
     """
 
     demo: DemoConfig = field(default_factory=DemoConfig)
@@ -66,8 +72,11 @@ class StudyConfig:
     fit_start: float = 0.2
     decay: float = 0.999
     smoothing: float = 0.1
+    third_fit_run: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.third_fit_run, bool):
+            raise ValueError(f"third_fit_run must be a bool; got {self.third_fit_run!r}")
         if not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"seeds must be an integer >= 1; got {self.seeds!r}")
         if self.eval_every is not None and (not isinstance(self.eval_every, int) or self.eval_every < 1):
@@ -82,12 +91,25 @@ class StudyConfig:
         return self.eval_every or max(1, self.demo.hyper.steps // 25)
 
 
-def study_schedules(h: Hyper) -> tuple[list[tuple[str, Schedule]], list[tuple[str, Schedule]]]:
-    """``(fit, held_out)``: labelled schedules with the demo's peak lr (FusedLAMB's), warmup and budget."""
+def long_decay_fraction(decay_fraction: float) -> float:
+    """The third fit run's decay fraction: 2.5 times the demo's (0.2 -> 0.5), at most 0.9, and at least 0.1 more
+    than the demo's, so that the fit sees a second decay length."""
+    return min(0.9, max(2.5 * decay_fraction, decay_fraction + 0.1))
+
+
+def study_schedules(h: Hyper, third_fit_run: bool = False) -> tuple[list[tuple[str, Schedule]],
+                                                                    list[tuple[str, Schedule]]]:
+    """``(fit, held_out)``: labelled schedules with the demo's peak lr (FusedLAMB's), warmup and budget; with
+    ``third_fit_run``, a third fit schedule: WSD decaying linearly over :func:`long_decay_fraction` of the run."""
     p, t, w = h.lamb_lr, h.steps, h.warmup
     d = h.decay_fraction
     fit = [("constant", S.wsd(peak_lr=p, total_steps=t, warmup_steps=w, decay_steps=0)),
            ("WSD linear", S.wsd(peak_lr=p, total_steps=t, warmup_steps=w, decay_fraction=d))]
+    if third_fit_run:
+        f = long_decay_fraction(d)
+        if f - d < 0.05:
+            raise ValueError(f"third_fit_run needs a decay_fraction <= 0.8 (a longer decay must fit after it); got {d}")
+        fit.append((f"WSD linear {round(100 * f)}%", S.wsd(peak_lr=p, total_steps=t, warmup_steps=w, decay_fraction=f)))
     held = [("cosine", S.cosine(peak_lr=p, total_steps=t, warmup_steps=w)),
             ("WSD 1-sqrt", S.wsd(peak_lr=p, total_steps=t, warmup_steps=w, decay_fraction=d, decay="1-sqrt")),
             ("REX", S.rex(peak_lr=p, total_steps=t, warmup_steps=w))]
@@ -240,7 +262,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
     demo, h = cfg.demo, cfg.demo.hyper
     trainer = _Trainer(cfg, echo)
     trainer.out.mkdir(parents=True, exist_ok=True)
-    fit_scheds, held_scheds = study_schedules(h)
+    fit_scheds, held_scheds = study_schedules(h, cfg.third_fit_run)
     seeds = [demo.seed + i for i in range(cfg.seeds)]
     start = max(1, int(math.ceil(cfg.fit_start * h.steps)))
     echo(f"lrsched-fused {__version__} schedule study: {h.steps} steps x {demo.batch_size} windows x "

@@ -99,8 +99,9 @@ def plot_study(path: str | Path, runs: Sequence[StudyRun], law: AnnealingLaw, fi
 
     seed0 = min(r.seed for r in runs)
     first = {r.label: r for r in runs if r.seed == seed0}
-    colors = dict(zip([label for label, _ in fit] + [label for label, _ in held] + ["refined"],
-                      ["tab:gray", "tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"]))
+    colors = {**dict(zip([label for label, _ in fit], ["tab:gray", "tab:red", "tab:brown", "tab:pink"])),
+              **dict(zip([label for label, _ in held], ["tab:blue", "tab:green", "tab:purple", "tab:olive"])),
+              "refined": "tab:orange"}
     fig, (ax_lr, ax_pred, ax_ref) = plt.subplots(3, 1, figsize=(8, 10), sharex=True, height_ratios=(1, 2, 1.5))
     for label, run in first.items():
         ax_lr.plot(range(len(run.result.lrs)), run.result.lrs, color=colors.get(label), label=label)
