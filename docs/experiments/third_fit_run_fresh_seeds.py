@@ -18,6 +18,13 @@ Fixed before the run:
 
     lrsched-fused demo --study --third-fit-run --seed 4 --out study_s4 --no-progress
     python docs/experiments/third_fit_run_fresh_seeds.py study_s4
+
+Outcome (added after the run, 2026-12-07; the text above is unchanged; 1087 s): H1 fails by a hair, H2 and H3
+hold. Annealing law with lambda fitted (0.9055): cosine +0.64%, WSD 1-sqrt -1.40%, REX +2.01% (worst 2.01%;
+residual 1.44%, 63 points); lambda 0.999: worst 8.66%. The profile keeps 0.5 to 0.9055 (4 of 17 decays): the
+three fit runs reject every lambda above 0.91, and prefer ones below the box that decay="fit" searches. The
+multi-power law: cosine +0.51%, WSD 1-sqrt -0.30%, REX +1.49% (worst 1.49%; beta on its lower bound, 0.01).
+docs/schedule_science.md has the table.
 """
 import json
 import sys
