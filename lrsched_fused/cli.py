@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(docs/schedule_science.md); writes study.md, study.png, study.json, curves/")
     demo.add_argument("--seeds", type=int, default=2, help="with --study: seeds of every run (fit, held-out, refined; default 2)")
     demo.add_argument("--third-fit-run", action="store_true",
-                      help="with --study: also fit to a WSD run with a longer linear decay (50%% of the run by default), "
-                           "so that the fit sees two decay lengths and pins the annealing law's decay")
+                      help="with --study: also fit to a WSD run with a longer linear decay (50%% of the run by "
+                           "default), so that the fit sees two decay lengths and pins the annealing law's decay")
 
     pred = sub.add_parser("predict", help="fit the annealing law to loss curves and predict schedules' losses",
                           description="Fit L(s) = L0 + A*S1^-alpha - C*S2 (Tissue et al., arXiv 2408.11029) to loss "

@@ -40,7 +40,7 @@ import torch
 
 from lrsched_fused import FusedLAMB, __version__, param_groups
 from lrsched_fused import schedules as S
-from lrsched_fused.predict import PROFILE_DECAYS, AnnealingLaw, DecayProfile, MultiPowerLaw, write_curve
+from lrsched_fused.predict import AnnealingLaw, DecayProfile, MultiPowerLaw, profile_decays, write_curve
 from lrsched_fused.schedules import Schedule
 
 from .data import BatchStream, load_corpus
@@ -108,8 +108,10 @@ def study_schedules(h: Hyper, third_fit_run: bool = False) -> tuple[list[tuple[s
     if third_fit_run:
         f = long_decay_fraction(d)
         if f - d < 0.05:
-            raise ValueError(f"third_fit_run needs a decay_fraction <= 0.8 (a longer decay must fit after it); got {d}")
-        fit.append((f"WSD linear {round(100 * f)}%", S.wsd(peak_lr=p, total_steps=t, warmup_steps=w, decay_fraction=f)))
+            raise ValueError(f"third_fit_run needs a decay_fraction <= 0.8 (a longer decay must fit after it); "
+                             f"got {d}")
+        fit.append((f"WSD linear {round(100 * f)}%",
+                    S.wsd(peak_lr=p, total_steps=t, warmup_steps=w, decay_fraction=f)))
     held = [("cosine", S.cosine(peak_lr=p, total_steps=t, warmup_steps=w)),
             ("WSD 1-sqrt", S.wsd(peak_lr=p, total_steps=t, warmup_steps=w, decay_fraction=d, decay="1-sqrt")),
             ("REX", S.rex(peak_lr=p, total_steps=t, warmup_steps=w))]
@@ -275,7 +277,7 @@ def _run_study(cfg: StudyConfig, echo: Callable[[str], None]) -> StudyResult:
     law = AnnealingLaw.fit(points, decay=cfg.decay)
     law_fit = AnnealingLaw.fit(points, decay="fit")
     mpl = MultiPowerLaw.fit(points)
-    profile = AnnealingLaw.profile(points, decays=sorted({*PROFILE_DECAYS, law.decay, law_fit.decay}))
+    profile = AnnealingLaw.profile(points, decays=profile_decays(law, law_fit))
     held_runs = {label: [trainer.run(label, sched, s) for s in seeds] for label, sched in held_scheds}
 
     # 2. refine from the first fit run's l1 gradient norms (first seed); compare with WSD and cosine over the seeds

@@ -53,9 +53,9 @@ def prediction_table(rows: Sequence[dict], law: AnnealingLaw, law_fit: Annealing
                       f"{100 * mpl.residual:.2f}%).")
     if profile is not None:
         inside = sum(r["in_range"] for r in held)
-        lines.append(f"Range over lambda: the lowest and highest prediction over the decays the fit runs cannot reject, "
-                     f"a lower bound on the prediction's uncertainty; {profile.describe()}. The measured loss lies in "
-                     f"it for {inside} of the {len(held)} held-out schedules.")
+        lines.append(f"Range over lambda: the lowest and highest prediction over the decays the fit runs cannot "
+                     f"reject, a lower bound on the prediction's uncertainty; {profile.describe()}. The measured loss "
+                     f"lies in it for {inside} of the {len(held)} held-out schedules.")
     if single is not None:
         lines.append(f"From seed {single['seed']} alone (fit and actual): {100 * single['fixed']:.2f}% with lambda "
                      f"{law.decay:g}, {100 * single['fitted']:.2f}% with lambda fitted ({single['decay_fitted']:.4g}).")

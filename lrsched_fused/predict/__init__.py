@@ -20,8 +20,9 @@ from ._areas import areas, cumulative_areas, lr_drops, lr_sequence
 from ._curves import COLUMNS, Curve, read_curve, write_curve
 from ._law import AnnealingLaw, Run
 from ._multipower import MultiPowerLaw, decay_benefit
-from ._profile import PROFILE_DECAYS, DecayProfile, profile_threshold
+from ._profile import PROFILE_DECAYS, DecayProfile, profile_decays, profile_threshold
 from ._report import CurveFit, fit_curves
 
-__all__ = ["AnnealingLaw", "MultiPowerLaw", "decay_benefit", "DecayProfile", "PROFILE_DECAYS", "profile_threshold", "Run", "areas", "cumulative_areas", "lr_sequence",
+__all__ = ["AnnealingLaw", "MultiPowerLaw", "decay_benefit", "DecayProfile", "PROFILE_DECAYS", "profile_decays",
+           "profile_threshold", "Run", "areas", "cumulative_areas", "lr_sequence",
            "lr_drops", "Curve", "read_curve", "write_curve", "COLUMNS", "fit_curves", "CurveFit"]

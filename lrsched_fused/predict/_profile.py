@@ -26,11 +26,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DecayProfile", "PROFILE_DECAYS", "profile_threshold"]
+__all__ = ["DecayProfile", "PROFILE_DECAYS", "profile_decays", "profile_threshold"]
 
 #: the decays :meth:`AnnealingLaw.profile` fits at by default: ``1 - 10**u``, ``u`` evenly spaced from -4 to
 #: ``log10(0.5)`` (0.9999 down to 0.5), a superset of the box ``decay="fit"`` searches (0.9 to 0.9999)
 PROFILE_DECAYS = tuple(float(1.0 - 10.0 ** u) for u in np.linspace(-4.0, math.log10(0.5), 15))
+
+
+def profile_decays(*laws: Any) -> list[float]:
+    """:data:`PROFILE_DECAYS` and the decays of ``laws`` (fitted laws to be read against the profile), sorted."""
+    return sorted({*PROFILE_DECAYS, *(law.decay for law in laws)})
 
 
 def profile_threshold(points: int, level: float = 0.95) -> float:
@@ -76,5 +81,5 @@ class DecayProfile:
         kept = self.plausible(level)
         decays = f"{kept[0].decay:.4g}" if len(kept) == 1 else f"{kept[0].decay:.4g} to {kept[-1].decay:.4g}"
         return (f"lambda {decays} kept at {100 * level:g}%: {len(kept)} of {len(self.laws)} fitted decays from "
-                f"{self.laws[0].decay:.4g} to {self.laws[-1].decay:.4g}, rms log residual {100 * self.best.residual:.3f}% "
-                f"at best and {100 * max(law.residual for law in kept):.3f}% at the edge")
+                f"{self.laws[0].decay:.4g} to {self.laws[-1].decay:.4g}, rms log residual "
+                f"{100 * self.best.residual:.3f}% at best and {100 * max(law.residual for law in kept):.3f}% at the edge")

@@ -12,7 +12,7 @@ import numpy as np
 from ._curves import Curve, read_curve
 from ._law import AnnealingLaw
 from ._multipower import MultiPowerLaw
-from ._profile import PROFILE_DECAYS, DecayProfile
+from ._profile import DecayProfile, profile_decays
 
 __all__ = ["CurveFit", "fit_curves", "default_steps", "prediction_rows", "format_predictions", "plot_predictions"]
 
@@ -48,8 +48,8 @@ def fit_curves(paths: Sequence[str | Path], *, which: str = "auto", from_step: i
     runs = [(c.lrs, s, v) for c, (s, v, _) in zip(curves, points)]
     if law == "annealing":
         fitted = AnnealingLaw.fit(runs, decay=decay)
-        decays = sorted({*PROFILE_DECAYS, fitted.decay})  # the law's own decay is one of the profile's
-        return CurveFit(law=fitted, curves=curves, points=points, profile=AnnealingLaw.profile(runs, decays=decays))
+        return CurveFit(law=fitted, curves=curves, points=points,
+                        profile=AnnealingLaw.profile(runs, decays=profile_decays(fitted)))
     return CurveFit(law=MultiPowerLaw.fit(runs), curves=curves, points=points)
 
 
@@ -90,8 +90,8 @@ def format_predictions(fit: CurveFit, rows: Sequence[dict]) -> str:
         lines.append(f"decays the fit runs cannot reject: {fit.profile.describe()}; the range column is the lowest "
                      "and highest prediction over them (a lower bound on the prediction's uncertainty)" +
                      (f"; the law's own lambda {law.decay:.6g} is rejected" if rejected else ""))
-    lines += ["", "| run or schedule | role | steps | predicted final loss |" + (" range over lambda |" if ranged else "")
-              + " measured | error |", "|---|---|---:|---:|" + ("---:|" if ranged else "") + "---:|---:|"]
+    head = "| run or schedule | role | steps | predicted final loss |" + (" range over lambda |" if ranged else "")
+    lines += ["", head + " measured | error |", "|---|---|---:|---:|" + ("---:|" if ranged else "") + "---:|---:|"]
     for r in rows:
         actual = "" if r["actual"] is None else f"{r['actual']:.4f}"
         err = "" if r["actual"] is None else f"{100 * (r['predicted'] / r['actual'] - 1):+.2f}%"
