@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from lrsched_fused import schedules as S
 from lrsched_fused.demo.model import ModelConfig

@@ -27,7 +27,6 @@ curves ``curves/<schedule>_seed<s>.csv``.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
